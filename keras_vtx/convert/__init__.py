@@ -1,0 +1,22 @@
+"""Converters from reference checkpoint layouts (Hugging Face transformers)."""
+
+import json
+import os
+
+
+def load_transformers_checkpoint(path, cls, **kwargs):
+    """Loads a transformers `save_pretrained()` directory as a keras_vtx `cls`.
+
+    Dispatches on the `model_type` of `config.json`.
+    """
+    with open(os.path.join(path, "config.json")) as f:
+        config = json.load(f)
+    model_type = config.get("model_type")
+    if model_type == "vit":
+        from keras_vtx.convert.vit import load_vit
+
+        return load_vit(path, config, cls, **kwargs)
+    raise ValueError(
+        f"Cannot convert a transformers checkpoint of model_type {model_type!r} "
+        f"(from {path!r}) to {cls.__name__}; supported: 'vit'."
+    )

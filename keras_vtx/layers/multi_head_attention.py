@@ -1,0 +1,173 @@
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_vtx")
+class MultiHeadAttention(keras.layers.Layer):
+    """Multi-head scaled dot-product attention with separate query/key/value projections.
+
+    The attention itself runs through `keras.ops.dot_product_attention`, so the
+    backend's fused kernels (cuDNN / flash attention) are used where it has them.
+    When attention probabilities are needed (attention dropout while training,
+    or `return_attention_scores=True` for analysis) an explicit path computes
+    the softmax in float32.
+
+    Position encodings can be added to queries and keys only (not to values),
+    as DETR does in every attention.
+
+    Args:
+        num_heads: int, number of heads.
+        key_dim: int or None, size of each head; defaults to `width // num_heads`.
+        output_dim: int or None, width of the output; defaults to the query width.
+        dropout: float, dropout on the attention probabilities.
+        use_bias: bool, whether the projections have biases.
+        kernel_initializer: initializer of the projection kernels.
+
+    Call arguments:
+        query: tensor `(batch, target_length, width)`.
+        value: tensor `(batch, source_length, width)`; defaults to `query`.
+        key: tensor like `value`; defaults to `value`.
+        attention_mask: boolean tensor broadcastable to
+            `(batch, num_heads, target_length, source_length)` (or
+            `(batch, target_length, source_length)`); True means "attend".
+        is_causal: bool, apply a causal mask.
+        query_position: optional tensor added to `query` before the query projection.
+        key_position: optional tensor added to `key` before the key projection.
+        return_attention_scores: bool, also return the attention probabilities
+            `(batch, num_heads, target_length, source_length)`.
+        training: bool.
+
+    Returns:
+        A tensor `(batch, target_length, output_dim)`, and the attention
+        probabilities when `return_attention_scores=True`.
+
+    Example:
+    >>> mha = MultiHeadAttention(num_heads=2)
+    >>> mha(keras.ops.ones((1, 5, 8))).shape
+    (1, 5, 8)
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        key_dim=None,
+        output_dim=None,
+        dropout=0.0,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if int(num_heads) <= 0:
+            raise ValueError(f"`num_heads` must be a positive int; received {num_heads}.")
+        self.num_heads = int(num_heads)
+        self.key_dim = key_dim
+        self.output_dim = output_dim
+        self.dropout = dropout
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def _dense(self, units, name):
+        return keras.layers.Dense(
+            units,
+            use_bias=self.use_bias,
+            kernel_initializer=keras.initializers.get(
+                keras.initializers.serialize(self.kernel_initializer)
+            ),
+            dtype=self.dtype_policy,
+            name=name,
+        )
+
+    def build(self, query_shape, value_shape=None, key_shape=None):
+        value_shape = query_shape if value_shape is None else value_shape
+        key_shape = value_shape if key_shape is None else key_shape
+        width = query_shape[-1]
+        if self.key_dim is None and width % self.num_heads:
+            raise ValueError(
+                f"The query width ({width}) must be divisible by `num_heads` "
+                f"({self.num_heads}) when `key_dim` is not given."
+            )
+        self.head_dim = self.key_dim or width // self.num_heads
+        inner = self.head_dim * self.num_heads
+        self.query_dense = self._dense(inner, "query")
+        self.key_dense = self._dense(inner, "key")
+        self.value_dense = self._dense(inner, "value")
+        self.output_dense = self._dense(self.output_dim or width, "output")
+        self.query_dense.build(query_shape)
+        self.key_dense.build(key_shape)
+        self.value_dense.build(value_shape)
+        self.output_dense.build(tuple(query_shape[:-1]) + (inner,))
+        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+
+    def _split_heads(self, x):
+        shape = ops.shape(x)
+        return ops.reshape(x, (shape[0], shape[1], self.num_heads, self.head_dim))
+
+    def call(
+        self,
+        query,
+        value=None,
+        key=None,
+        attention_mask=None,
+        is_causal=False,
+        query_position=None,
+        key_position=None,
+        return_attention_scores=False,
+        training=None,
+    ):
+        value = query if value is None else value
+        key = value if key is None else key
+        if query_position is not None:
+            query = query + ops.cast(query_position, query.dtype)
+        if key_position is not None:
+            key = key + ops.cast(key_position, key.dtype)
+        q = self._split_heads(self.query_dense(query))
+        k = self._split_heads(self.key_dense(key))
+        v = self._split_heads(self.value_dense(value))
+        mask = attention_mask
+        if mask is not None:
+            mask = ops.cast(mask, "bool")
+            if len(mask.shape) == 3:
+                mask = ops.expand_dims(mask, 1)
+        explicit = return_attention_scores or (training and self.dropout > 0)
+        if explicit:
+            out, probs = self._explicit_attention(q, k, v, mask, is_causal, training)
+        else:
+            out = ops.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+        shape = ops.shape(out)
+        out = ops.reshape(out, (shape[0], shape[1], self.num_heads * self.head_dim))
+        out = self.output_dense(out)
+        if return_attention_scores:
+            return out, probs
+        return out
+
+    def _explicit_attention(self, q, k, v, mask, is_causal, training):
+        # Logits and softmax in float32: the habit for mixed precision.
+        scale = 1.0 / float(self.head_dim) ** 0.5
+        logits = ops.einsum(
+            "btnh,bsnh->bnts", ops.cast(q, "float32"), ops.cast(k, "float32")
+        ) * scale
+        if is_causal:
+            t, s = ops.shape(q)[1], ops.shape(k)[1]
+            causal = ops.tril(ops.ones((t, s), dtype="bool"), k=s - t)
+            mask = causal[None, None] if mask is None else ops.logical_and(mask, causal)
+        if mask is not None:
+            logits = ops.where(mask, logits, ops.cast(-1e30, "float32"))
+        probs = ops.softmax(logits, axis=-1)
+        dropped = self.dropout_layer(ops.cast(probs, v.dtype), training=training)
+        out = ops.einsum("bnts,bsnh->btnh", dropped, v)
+        return out, probs
+
+    def compute_output_shape(self, query_shape, value_shape=None, key_shape=None):
+        return tuple(query_shape[:-1]) + (self.output_dim or query_shape[-1],)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "key_dim": self.key_dim,
+            "output_dim": self.output_dim,
+            "dropout": self.dropout,
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+        }

@@ -1,0 +1,150 @@
+import keras
+
+from keras_vtx.layers.drop_path import DropPath
+from keras_vtx.layers.mlp import MLP
+from keras_vtx.layers.multi_head_attention import MultiHeadAttention
+
+
+@keras.saving.register_keras_serializable(package="keras_vtx")
+class TransformerEncoderBlock(keras.layers.Layer):
+    """A transformer encoder block: self-attention and MLP, each with a residual.
+
+    `norm_first=True` is the pre-LayerNorm form of ViT, GPT-2 and Image GPT
+    (`x + attn(norm1(x))`, `x + mlp(norm2(x))`); `norm_first=False` is the
+    post-LayerNorm form of the original Transformer and DETR
+    (`norm1(x + attn(x))`, `norm2(x + mlp(x))`).
+
+    Args:
+        num_heads: int, number of attention heads.
+        mlp_dim: int, hidden width of the MLP.
+        dropout: float, dropout after the attention projection and in the MLP.
+        attention_dropout: float, dropout on attention probabilities.
+        drop_path: float, stochastic-depth rate of both residual branches.
+        norm_first: bool, pre-LayerNorm (True) or post-LayerNorm (False).
+        activation: MLP activation name (see `get_activation`).
+        layer_norm_epsilon: float.
+        kernel_initializer: initializer of all kernels.
+
+    Call arguments:
+        inputs: tensor `(batch, length, width)`.
+        attention_mask: optional boolean mask, see `MultiHeadAttention`.
+        is_causal: bool, causal self-attention (GPT-style).
+        position_encoding: optional tensor added to queries and keys (DETR).
+        return_attention_scores: bool, also return attention probabilities.
+        training: bool.
+
+    Returns:
+        A tensor `(batch, length, width)` (and the attention probabilities
+        `(batch, heads, length, length)` when asked).
+
+    Example:
+    >>> block = TransformerEncoderBlock(num_heads=2, mlp_dim=16)
+    >>> block(keras.ops.ones((2, 5, 8))).shape
+    (2, 5, 8)
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        mlp_dim,
+        dropout=0.0,
+        attention_dropout=0.0,
+        drop_path=0.0,
+        norm_first=True,
+        activation="gelu",
+        layer_norm_epsilon=1e-6,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.drop_path = drop_path
+        self.norm_first = norm_first
+        self.activation = activation
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        init = keras.initializers.serialize(self.kernel_initializer)
+        self.norm1 = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="norm1"
+        )
+        self.attention = MultiHeadAttention(
+            self.num_heads,
+            dropout=self.attention_dropout,
+            kernel_initializer=init,
+            dtype=self.dtype_policy,
+            name="attention",
+        )
+        self.norm2 = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="norm2"
+        )
+        self.mlp = MLP(
+            self.mlp_dim,
+            activation=self.activation,
+            dropout=self.dropout,
+            kernel_initializer=init,
+            dtype=self.dtype_policy,
+            name="mlp",
+        )
+        self.attention_output_dropout = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy
+        )
+        self.drop_path_layer = DropPath(self.drop_path, dtype=self.dtype_policy)
+        for layer in (self.norm1, self.norm2, self.mlp):
+            layer.build(input_shape)
+        self.attention.build(input_shape)
+
+    def call(
+        self,
+        inputs,
+        attention_mask=None,
+        is_causal=False,
+        position_encoding=None,
+        return_attention_scores=False,
+        training=None,
+    ):
+        x = inputs
+        h = self.norm1(x) if self.norm_first else x
+        attn = self.attention(
+            h,
+            attention_mask=attention_mask,
+            is_causal=is_causal,
+            query_position=position_encoding,
+            key_position=position_encoding,
+            return_attention_scores=return_attention_scores,
+            training=training,
+        )
+        if return_attention_scores:
+            attn, scores = attn
+        attn = self.attention_output_dropout(attn, training=training)
+        x = x + self.drop_path_layer(attn, training=training)
+        if not self.norm_first:
+            x = self.norm1(x)
+        h = self.norm2(x) if self.norm_first else x
+        x = x + self.drop_path_layer(self.mlp(h, training=training), training=training)
+        if not self.norm_first:
+            x = self.norm2(x)
+        if return_attention_scores:
+            return x, scores
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "mlp_dim": self.mlp_dim,
+            "dropout": self.dropout,
+            "attention_dropout": self.attention_dropout,
+            "drop_path": self.drop_path,
+            "norm_first": self.norm_first,
+            "activation": self.activation,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+        }

@@ -1,0 +1,132 @@
+"""The preset registry shared by every model family, and preset loading/saving.
+
+A preset is one of:
+- a registered name (`"vit_base_patch16_224"`): a config, built with random
+  weights (no weights are downloaded: this package ships configs only);
+- a directory written by `save_to_preset()` (`keras_vtx_preset.json` + weights);
+- a directory written by Hugging Face `transformers` `save_pretrained()`
+  (`config.json` with a `model_type`), converted by `keras_vtx.convert`;
+- `hf://org/name`, downloaded with `huggingface_hub` and then read as above.
+"""
+
+import difflib
+import json
+import os
+
+import keras
+
+PRESET_FILE = "keras_vtx_preset.json"
+WEIGHTS_FILE = "model.weights.h5"
+HF_PREFIX = "hf://"
+
+_REGISTRY = {}
+
+
+def register_preset(name, class_name, config, description="", metadata=None):
+    """Registers a named preset.
+
+    Args:
+        name: str, the preset's name.
+        class_name: str, the task or backbone class that the config builds
+            (for example `"ViTClassifier"`).
+        config: dict, the constructor arguments; a task's config holds its
+            backbone's under `"backbone"`.
+        description: str, one line for the presets table.
+        metadata: optional dict (parameter count, source paper, ...).
+    """
+    if name in _REGISTRY:
+        raise ValueError(f"Preset {name!r} is already registered.")
+    _REGISTRY[name] = {
+        "class_name": class_name,
+        "config": dict(config),
+        "description": description,
+        "metadata": dict(metadata or {}),
+    }
+
+
+def list_presets(class_name=None):
+    """Returns the registered preset names, optionally only those of one class."""
+    return sorted(
+        name
+        for name, entry in _REGISTRY.items()
+        if class_name is None or entry["class_name"] == class_name
+    )
+
+
+def get_preset(name):
+    """Returns a copy of a registered preset's entry, or raises a helpful `ValueError`."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
+        hint = f" Close names: {', '.join(close)}." if close else ""
+        raise ValueError(
+            f"Unknown preset {name!r}: not a registered name, a directory or an "
+            f"'hf://' address.{hint} See `keras_vtx.models.list_presets()`."
+        )
+    entry = _REGISTRY[name]
+    return {**entry, "config": json.loads(json.dumps(entry["config"]))}
+
+
+def resolve_preset(preset):
+    """Says what kind of preset `preset` is.
+
+    Returns:
+        `("name", entry)`, `("keras_vtx", directory)` or `("transformers", directory)`.
+    """
+    if not isinstance(preset, (str, os.PathLike)):
+        raise TypeError(
+            f"`preset` must be a preset name, a directory or an 'hf://' address; "
+            f"received {type(preset).__name__}."
+        )
+    preset = os.fspath(preset)
+    if preset.startswith(HF_PREFIX):
+        preset = _download_from_hub(preset[len(HF_PREFIX):])
+    if os.path.isdir(preset):
+        if os.path.exists(os.path.join(preset, PRESET_FILE)):
+            return "keras_vtx", preset
+        if os.path.exists(os.path.join(preset, "config.json")):
+            return "transformers", preset
+        raise ValueError(
+            f"Directory {preset!r} is not a preset: it has neither {PRESET_FILE} "
+            "(written by `save_to_preset`) nor config.json (written by transformers' "
+            "`save_pretrained`)."
+        )
+    return "name", get_preset(preset)
+
+
+def _download_from_hub(repo_id):
+    try:
+        import huggingface_hub
+    except ImportError as e:
+        raise ImportError(
+            "Loading an 'hf://' preset needs `huggingface_hub` (pip install keras-vtx[hub])."
+        ) from e
+    return huggingface_hub.snapshot_download(
+        repo_id,
+        allow_patterns=["*.json", "*.safetensors", "*.txt", "*.bin", "*.npy"],
+    )
+
+
+def save_preset(model, path):
+    """Writes `model`'s config and weights to the directory `path`."""
+    os.makedirs(path, exist_ok=True)
+    record = {
+        "class_name": type(model).__name__,
+        "config": model.get_config(),
+        "keras_version": keras.__version__,
+    }
+    with open(os.path.join(path, PRESET_FILE), "w") as f:
+        json.dump(record, f, indent=2, default=_json_default)
+    model.save_weights(os.path.join(path, WEIGHTS_FILE))
+
+
+def read_preset_record(path):
+    with open(os.path.join(path, PRESET_FILE)) as f:
+        return json.load(f)
+
+
+def _json_default(value):
+    if isinstance(value, tuple):
+        return list(value)
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"Cannot write {type(value).__name__} to a preset config.")

@@ -1,0 +1,6 @@
+from keras_vtx.models.vit import vit_presets
+from keras_vtx.models.vit.vit_backbone import ViTBackbone
+from keras_vtx.models.vit.vit_classifier import ViTClassifier
+from keras_vtx.models.vit.vit_presets import VARIANTS, vit_config
+
+__all__ = ["VARIANTS", "ViTBackbone", "ViTClassifier", "vit_config", "vit_presets"]

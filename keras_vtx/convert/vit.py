@@ -9,6 +9,7 @@ resolution resamples the position embeddings with PyTorch's bicubic kernel.
 
 import json
 import os
+import re
 
 import numpy as np
 
@@ -36,6 +37,17 @@ _BLOCK_LAYERS = (
 # ViTModel's pooler (dense + tanh on the class token) is the backbone's pre-logits layer.
 _POOLER_LAYERS = (("pre_logits", "pooler.dense", _DENSE),)
 _CLASSIFIER = ("classifier.weight", "classifier.bias")
+# transformers 5 modules name their weights differently in memory (`model.state_dict()`);
+# `save_pretrained()` and the Hub use the names above. Both are read.
+_IN_MEMORY_NAMES = (
+    (r"^layers\.(\d+)\.", r"encoder.layer.\1."),
+    (r"\.attention\.q_proj\.", ".attention.attention.query."),
+    (r"\.attention\.k_proj\.", ".attention.attention.key."),
+    (r"\.attention\.v_proj\.", ".attention.attention.value."),
+    (r"\.attention\.o_proj\.", ".attention.output.dense."),
+    (r"\.mlp\.fc1\.", ".intermediate.dense."),
+    (r"\.mlp\.fc2\.", ".output.dense."),
+)
 
 _TRANSFORMS = {
     None: lambda x: x,
@@ -84,13 +96,15 @@ def load_vit(path, config, cls, **kwargs):
             f"A transformers ViT checkpoint loads into a ViTBackbone or a ViT task; "
             f"received {getattr(cls, '__name__', cls)!r}."
         )
-    weights = _strip_prefix(read_state_dict(path))
+    weights = _canonical_names(read_state_dict(path))
     has_pooler = any(k.startswith("pooler.") for k in weights)
     has_classifier = any(k.startswith("classifier.") for k in weights)
     backbone_config = backbone_config_from_transformers(config, has_pooler)
     backbone = backbone_cls(**backbone_config)
     table = _weight_table(backbone_config["num_layers"], has_pooler)
-    expected = {key for key, _ in table.values()} | (set(_CLASSIFIER) if has_classifier else set())
+    expected = {key for key, _ in table.values()}
+    if has_classifier:
+        expected |= set(_CLASSIFIER)
     missing, unknown = sorted(expected - set(weights)), sorted(set(weights) - expected)
     if missing or unknown:
         raise ValueError(
@@ -110,20 +124,20 @@ def load_vit(path, config, cls, **kwargs):
     backbone_kwargs, task_kwargs = cls._split_kwargs(kwargs)
     task_kwargs = {**_preprocessing(path, backbone_config["num_channels"], task_kwargs),
                    **task_kwargs}
-    labels = _class_names(config) if has_classifier else None
-    if labels is not None:
-        task_kwargs.setdefault("num_classes", len(labels))
+    num_labels = weights["classifier.weight"].shape[0] if has_classifier else None
+    if num_labels is not None:
+        task_kwargs.setdefault("num_classes", num_labels)
+        labels = _class_names(config)
+        if (labels is not None and len(labels) == num_labels
+                and task_kwargs["num_classes"] == num_labels):
+            task_kwargs.setdefault("class_names", labels)
     model = cls(backbone=backbone, **task_kwargs)
-    if has_classifier and model.num_classes == len(labels):
+    if num_labels is not None and model.num_classes == num_labels:
         head = model.get_layer("head")
         _set(head.kernel, weights["classifier.weight"].T, "classifier.weight", path)
         _set(head.bias, weights["classifier.bias"], "classifier.bias", path)
-        model.class_names = labels
     if backbone_kwargs:
-        names = getattr(model, "class_names", None)
         model = model.rebuild_with(backbone_kwargs, {})
-        if names is not None:
-            model.class_names = names
     return model
 
 
@@ -190,15 +204,13 @@ def read_state_dict(path):
     single = os.path.join(path, "model.safetensors")
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.exists(single) or os.path.exists(index):
-        from safetensors.numpy import load_file
-
         if os.path.exists(single):
-            return load_file(single)
+            return _load_safetensors(single)
         with open(index) as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
         weights = {}
         for shard in shards:
-            weights.update(load_file(os.path.join(path, shard)))
+            weights.update(_load_safetensors(os.path.join(path, shard)))
         return weights
     binary = os.path.join(path, "pytorch_model.bin")
     if os.path.exists(binary):
@@ -217,17 +229,37 @@ def read_state_dict(path):
     )
 
 
+def _load_safetensors(file):
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(file)
+    except TypeError:
+        # NumPy has no bfloat16: such files are read through torch when it is installed.
+        try:
+            from safetensors.torch import load_file as load_torch
+        except ImportError:
+            raise ValueError(
+                f"{file!r} holds a dtype NumPy cannot read (bfloat16?); install torch "
+                "to read it."
+            ) from None
+        return {k: v.float().numpy() for k, v in load_torch(file).items()}
+
+
 def _pair(value):
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
-def _strip_prefix(weights):
+def _canonical_names(weights):
     # ViTForImageClassification nests the encoder under `vit.`; ViTModel does not.
     out = {}
     for key, value in weights.items():
         short = key[len("vit."):] if key.startswith("vit.") else key
+        if short.startswith("layers."):
+            for pattern, replacement in _IN_MEMORY_NAMES:
+                short = re.sub(pattern, replacement, short)
         if short in out:
-            raise ValueError(f"The checkpoint holds {short!r} both with and without 'vit.'.")
+            raise ValueError(f"The checkpoint holds {short!r} under two names (one is {key!r}).")
         out[short] = value
     return out
 

@@ -7,7 +7,18 @@ ACTIVATIONS = ("gelu", "tanh_gelu", "quick_gelu", "relu", "silu", "tanh")
 
 
 def quick_gelu(x):
-    """`x * sigmoid(1.702 x)`: the GELU approximation of CLIP and Image GPT."""
+    """`x * sigmoid(1.702 x)`: the GELU approximation of CLIP and Image GPT.
+
+    Args:
+        x: a tensor.
+
+    Returns:
+        A tensor like `x`.
+
+    Example:
+    >>> round(float(quick_gelu(keras.ops.convert_to_tensor(1.0))), 4)
+    0.8458
+    """
     return x * ops.sigmoid(ops.cast(1.702, x.dtype) * x)
 
 

@@ -16,7 +16,7 @@ class ClassToken(keras.layers.Layer):
         A tensor `(batch, length + 1, width)` whose first element is the token.
 
     Example:
-    >>> ClassToken()(keras.ops.ones((2, 4, 8))).shape
+    >>> tuple(ClassToken()(keras.ops.ones((2, 4, 8))).shape)
     (2, 5, 8)
     """
 

@@ -23,7 +23,7 @@ class DropPath(keras.layers.Layer):
 
     Example:
     >>> layer = DropPath(0.1)
-    >>> layer(keras.ops.ones((2, 3, 4))).shape
+    >>> tuple(layer(keras.ops.ones((2, 3, 4))).shape)
     (2, 3, 4)
     """
 

@@ -24,7 +24,7 @@ class MLP(keras.layers.Layer):
         A tensor of shape `(..., output_dim)`.
 
     Example:
-    >>> MLP(hidden_dim=8)(keras.ops.ones((2, 3, 4))).shape
+    >>> tuple(MLP(hidden_dim=8)(keras.ops.ones((2, 3, 4))).shape)
     (2, 3, 4)
     """
 

@@ -43,7 +43,7 @@ class MultiHeadAttention(keras.layers.Layer):
 
     Example:
     >>> mha = MultiHeadAttention(num_heads=2)
-    >>> mha(keras.ops.ones((1, 5, 8))).shape
+    >>> tuple(mha(keras.ops.ones((1, 5, 8))).shape)
     (1, 5, 8)
     """
 
@@ -129,6 +129,17 @@ class MultiHeadAttention(keras.layers.Layer):
             mask = ops.cast(mask, "bool")
             if len(mask.shape) == 3:
                 mask = ops.expand_dims(mask, 1)
+        if is_causal:
+            t, s = q.shape[1], k.shape[1]
+            if mask is not None or t is None or s is None or t != s:
+                # Fold the causal mask into `mask`: the fused kernels either
+                # reject a mask together with `is_causal` or align the causal
+                # diagonal differently when the query is shorter than the keys
+                # (a key/value cache). Query i sees keys up to s - t + i.
+                t, s = ops.shape(q)[1], ops.shape(k)[1]
+                causal = ops.tril(ops.ones((t, s), dtype="bool"), k=s - t)[None, None]
+                mask = causal if mask is None else ops.logical_and(mask, causal)
+                is_causal = False
         explicit = return_attention_scores or (training and self.dropout > 0)
         if explicit:
             out, probs = self._explicit_attention(q, k, v, mask, is_causal, training)

@@ -26,7 +26,7 @@ class MultiHeadAttentionPooling(keras.layers.Layer):
         The pooled tensor `(batch, width)`.
 
     Example:
-    >>> MultiHeadAttentionPooling(num_heads=2, mlp_dim=16)(keras.ops.ones((2, 5, 8))).shape
+    >>> tuple(MultiHeadAttentionPooling(num_heads=2, mlp_dim=16)(keras.ops.ones((2, 5, 8))).shape)
     (2, 8)
     """
 

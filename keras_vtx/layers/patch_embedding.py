@@ -34,7 +34,7 @@ class PatchEmbedding(keras.layers.Layer):
         raster order.
 
     Example:
-    >>> PatchEmbedding(8, patch_size=4)(keras.ops.ones((2, 16, 12, 3))).shape
+    >>> tuple(PatchEmbedding(8, patch_size=4)(keras.ops.ones((2, 16, 12, 3))).shape)
     (2, 12, 8)
     """
 

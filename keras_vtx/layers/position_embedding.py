@@ -23,7 +23,7 @@ class PositionEmbedding(keras.layers.Layer):
         `inputs + embeddings[:length]`.
 
     Example:
-    >>> PositionEmbedding(5)(keras.ops.ones((2, 5, 8))).shape
+    >>> tuple(PositionEmbedding(5)(keras.ops.ones((2, 5, 8))).shape)
     (2, 5, 8)
     """
 
@@ -93,7 +93,7 @@ def resample_position_embeddings(embeddings, old_grid, new_grid, num_prefix_toke
 
     Example:
     >>> table = np.zeros((1 + 4 * 4, 8), "float32")
-    >>> resample_position_embeddings(table, (4, 4), (6, 5)).shape
+    >>> tuple(resample_position_embeddings(table, (4, 4), (6, 5)).shape)
     (31, 8)
     """
     embeddings = np.asarray(keras.ops.convert_to_numpy(embeddings))

@@ -14,7 +14,7 @@ class StandardizedConv2D(keras.layers.Conv2D):
         **kwargs: the arguments of `keras.layers.Conv2D`.
 
     Example:
-    >>> StandardizedConv2D(4, 3, padding="same")(keras.ops.ones((1, 8, 8, 3))).shape
+    >>> tuple(StandardizedConv2D(4, 3, padding="same")(keras.ops.ones((1, 8, 8, 3))).shape)
     (1, 8, 8, 4)
     """
 
@@ -56,7 +56,7 @@ class ResNetStem(keras.layers.Layer):
         A feature map `(batch, height / 2**(len(depths) + 1), ..., width * 2**(len(depths) + 1))`.
 
     Example:
-    >>> ResNetStem(depths=(1, 1), width=8, groups=4)(keras.ops.ones((1, 32, 32, 3))).shape
+    >>> tuple(ResNetStem(depths=(1, 1), width=8, groups=4)(keras.ops.ones((1, 32, 32, 3))).shape)
     (1, 4, 4, 64)
     """
 

@@ -39,7 +39,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
 
     Example:
     >>> block = TransformerEncoderBlock(num_heads=2, mlp_dim=16)
-    >>> block(keras.ops.ones((2, 5, 8))).shape
+    >>> tuple(block(keras.ops.ones((2, 5, 8))).shape)
     (2, 5, 8)
     """
 

@@ -1,7 +1,12 @@
 """Models: backbones, tasks and the preset registry."""
 
 from keras_vtx.models.backbone import Backbone
-from keras_vtx.models.presets import get_preset, list_presets, register_preset
+from keras_vtx.models.presets import (
+    get_preset,
+    list_presets,
+    register_preset,
+    unregister_preset,
+)
 from keras_vtx.models.task import Task
 from keras_vtx.models.vit import ViTBackbone, ViTClassifier, vit_config
 
@@ -13,5 +18,6 @@ __all__ = [
     "get_preset",
     "list_presets",
     "register_preset",
+    "unregister_preset",
     "vit_config",
 ]

@@ -33,6 +33,14 @@ def register_preset(name, class_name, config, description="", metadata=None):
             backbone's under `"backbone"`.
         description: str, one line for the presets table.
         metadata: optional dict (parameter count, source paper, ...).
+
+    Example:
+    >>> register_preset("my_vit_tiny_example", "ViTBackbone", {"image_size": 32,
+    ...     "patch_size": 8, "hidden_dim": 16, "num_layers": 1, "num_heads": 2,
+    ...     "mlp_dim": 32})
+    >>> "my_vit_tiny_example" in list_presets("ViTBackbone")
+    True
+    >>> unregister_preset("my_vit_tiny_example")
     """
     if name in _REGISTRY:
         raise ValueError(f"Preset {name!r} is already registered.")
@@ -44,8 +52,33 @@ def register_preset(name, class_name, config, description="", metadata=None):
     }
 
 
+def unregister_preset(name):
+    """Removes a preset registered with `register_preset` (unknown names raise `ValueError`).
+
+    Example:
+    >>> register_preset("scratch_example", "ViTBackbone", {})
+    >>> unregister_preset("scratch_example")
+    >>> "scratch_example" in list_presets()
+    False
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"`name` must be a registered preset; received {name!r}.")
+    del _REGISTRY[name]
+
+
 def list_presets(class_name=None):
-    """Returns the registered preset names, optionally only those of one class."""
+    """Returns the registered preset names, optionally only those of one class.
+
+    Args:
+        class_name: optional str, for example `"ViTClassifier"`.
+
+    Returns:
+        A sorted list of names.
+
+    Example:
+    >>> "vit_base_patch16_224" in list_presets("ViTClassifier")
+    True
+    """
     return sorted(
         name
         for name, entry in _REGISTRY.items()
@@ -54,7 +87,18 @@ def list_presets(class_name=None):
 
 
 def get_preset(name):
-    """Returns a copy of a registered preset's entry, or raises a helpful `ValueError`."""
+    """Returns a copy of a registered preset's entry, or raises a helpful `ValueError`.
+
+    Args:
+        name: str, a registered preset name.
+
+    Returns:
+        A dict with `"class_name"`, `"config"`, `"description"` and `"metadata"`.
+
+    Example:
+    >>> get_preset("vit_base_patch16_224")["config"]["backbone"]["hidden_dim"]
+    768
+    """
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
         hint = f" Close names: {', '.join(close)}." if close else ""
@@ -102,8 +146,21 @@ def _download_from_hub(repo_id):
         ) from e
     return huggingface_hub.snapshot_download(
         repo_id,
-        allow_patterns=["*.json", "*.safetensors", "*.txt", "*.bin", "*.npy"],
+        allow_patterns=_hub_patterns(huggingface_hub, repo_id),
     )
+
+
+def _hub_patterns(huggingface_hub, repo_id):
+    # PyTorch *.bin weights only when the repository has no safetensors: many
+    # repositories hold both, and the .bin copy would double the download.
+    patterns = ["*.json", "*.txt", "*.npy", "*.safetensors"]
+    try:
+        files = huggingface_hub.list_repo_files(repo_id)
+    except Exception:  # offline or a private mirror: take both kinds
+        return patterns + ["*.bin"]
+    if not any(f.endswith(".safetensors") for f in files):
+        patterns.append("*.bin")
+    return patterns
 
 
 def save_preset(model, path):

@@ -62,6 +62,7 @@ class Task(keras.Model):
                 backbone = cls.backbone_cls(**{**config, **backbone_kwargs})
                 return cls(backbone=backbone, **task_kwargs)
             backbone = cls.backbone_cls(**{**config.pop("backbone"), **backbone_kwargs})
+            config = _forget_class_names(config, task_kwargs)
             return cls(backbone=backbone, **{**config, **task_kwargs})
         if kind == "transformers":
             from keras_vtx.convert import load_transformers_checkpoint
@@ -88,6 +89,7 @@ class Task(keras.Model):
         transfer_weights(self.backbone, backbone)
         config = {k: v for k, v in self.get_config().items() if k != "backbone"}
         config = {k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")}
+        config = _forget_class_names(config, task_kwargs)
         model = type(self)(backbone=backbone, **{**config, **task_kwargs})
         backbone_ids = {id(v) for v in backbone.weights}
         own = [v for v in model.weights if id(v) not in backbone_ids]
@@ -103,3 +105,12 @@ class Task(keras.Model):
     def save_to_preset(self, path):
         """Writes the config and weights to the directory `path` (reload with `from_preset`)."""
         presets.save_preset(self, path)
+
+
+def _forget_class_names(config, task_kwargs):
+    # A new `num_classes` without new `class_names` makes the old names meaningless.
+    if "num_classes" in task_kwargs and "class_names" not in task_kwargs and (
+        task_kwargs["num_classes"] != config.get("num_classes")
+    ):
+        config = {k: v for k, v in config.items() if k != "class_names"}
+    return config

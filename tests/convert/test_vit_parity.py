@@ -160,7 +160,7 @@ def test_vit_model_into_classifier_gets_a_fresh_head(tmp_path):
     model = ViTClassifier.from_preset(save(reference, tmp_path), num_classes=7,
                                       include_preprocessing=False)
     assert model.num_classes == 7
-    assert not np.any(to_numpy(model.get_layer("head").kernel))
+    assert not np.any(to_numpy(model.get_layer("head").kernel.value))
     images = random_images(2, 16)
     expected = torch_forward(reference, images)
     out = model.backbone(images)
@@ -172,7 +172,7 @@ def test_new_num_classes_gives_a_fresh_head_on_loaded_backbone(tmp_path):
     model = ViTClassifier.from_preset(save(reference, tmp_path), num_classes=2,
                                       include_preprocessing=False)
     assert model.num_classes == 2
-    assert not np.any(to_numpy(model.get_layer("head").kernel))
+    assert not np.any(to_numpy(model.get_layer("head").kernel.value))
     images = random_images(2, 16)
     expected = torch_forward(reference.vit, images).last_hidden_state
     check(model.backbone(images)["sequence_output"], expected, "sequence_output")
@@ -189,10 +189,20 @@ def test_pytorch_bin_and_sharded_safetensors(tmp_path):
     assert not os.path.exists(os.path.join(sharded, "model.safetensors"))
     check(ViTBackbone.from_preset(sharded)(images)["sequence_output"], expected, "sharded")
 
+    # `state_dict()` of transformers 5 uses its in-memory names (`layers.0.attention.q_proj`),
+    # not the published ones that `save_pretrained()` writes: both must load.
     binary = tmp_path / "binary"
     reference.config.save_pretrained(str(binary))
     torch.save(reference.state_dict(), str(binary / "pytorch_model.bin"))
     check(ViTBackbone.from_preset(str(binary))(images)["sequence_output"], expected, "bin")
+
+    # bfloat16 weights (NumPy cannot read them) load through torch.
+    bf16 = str(tmp_path / "bf16")
+    reference.to(torch.bfloat16).save_pretrained(bf16)
+    reference.float()
+    loaded = ViTBackbone.from_preset(bf16)
+    pos = reference.embeddings.position_embeddings.to(torch.bfloat16).float()[0]
+    check(loaded.get_layer("position_embedding").position_embeddings.value, pos, "bf16")
 
 
 def test_other_model_type_is_a_clear_error(tmp_path):
@@ -221,7 +231,13 @@ def test_checkpoint_keys_must_match_the_config(tmp_path, edit):
         ViTBackbone.from_preset(str(tmp_path))
 
 
-def test_unsupported_config_is_a_clear_error(tmp_path):
-    save(transformers.ViTModel(hf_config(qkv_bias=False)), tmp_path)
-    with pytest.raises(ValueError, match="qkv_bias"):
+@pytest.mark.parametrize(
+    "overrides, message",
+    [(dict(qkv_bias=False), "qkv_bias"), (dict(hidden_act="gelu_10"), "hidden_act"),
+     (dict(pooler_act="relu"), "pooler_act")],
+    ids=["qkv_bias", "hidden_act", "pooler_act"],
+)
+def test_unsupported_config_is_a_clear_error(tmp_path, overrides, message):
+    save(transformers.ViTModel(hf_config(**overrides)), tmp_path)
+    with pytest.raises(ValueError, match=message):
         ViTBackbone.from_preset(str(tmp_path))

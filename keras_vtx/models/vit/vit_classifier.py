@@ -44,6 +44,9 @@ class ViTClassifier(Task):
         std: per-channel std of the normalisation.
         head_initializer: initializer of the head kernel; zeros as in the ViT
             paper's fine-tuning.
+        class_names: optional sequence of `num_classes` strings naming the
+            classes (kept in the config and in saved presets; converted
+            checkpoints fill it from their `id2label`).
         dtype: dtype or dtype policy; the head always produces float32 logits.
 
     Call arguments:
@@ -73,6 +76,7 @@ class ViTClassifier(Task):
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
         head_initializer="zeros",
+        class_names=None,
         dtype=None,
         **kwargs,
     ):
@@ -84,6 +88,13 @@ class ViTClassifier(Task):
             raise ValueError(f"`num_classes` must be a positive int; received {num_classes}.")
         if activation not in (None, "softmax"):
             raise ValueError(f"`activation` must be None or 'softmax'; received {activation!r}.")
+        if class_names is not None:
+            if isinstance(class_names, str) or len(class_names) != int(num_classes):
+                raise ValueError(
+                    f"`class_names` must be a sequence of `num_classes` ({num_classes}) "
+                    f"strings; received {class_names!r:.200}."
+                )
+            class_names = tuple(str(c) for c in class_names)
         images = keras.Input(shape=backbone.input_shape[1:], name="images")
         x = images
         if include_preprocessing:
@@ -109,6 +120,7 @@ class ViTClassifier(Task):
         self.head_initializer = keras.initializers.serialize(
             keras.initializers.get(head_initializer)
         )
+        self.class_names = class_names
 
     def compile(
         self,
@@ -180,6 +192,7 @@ class ViTClassifier(Task):
             "mean": self.mean,
             "std": self.std,
             "head_initializer": self.head_initializer,
+            "class_names": None if self.class_names is None else list(self.class_names),
         }
 
 

@@ -1,0 +1,35 @@
+"""tf.data pipelines and the embedded "shapes" data set.
+
+This is the one part of keras_vtx that needs TensorFlow (for `tf.data`); the
+shapes generator itself (`keras_vtx.data.shapes`) is NumPy only. The datasets
+feed `model.fit()` on every Keras backend.
+"""
+
+from keras_vtx.data.bad_file_report import BadFileReport
+from keras_vtx.data.classification_data import ClassificationData
+from keras_vtx.data.image_classification import (
+    DEFAULT_SHAPES_IMAGES,
+    IMAGE_EXTENSIONS,
+    dataset_from_arrays,
+    dataset_from_directory,
+    dataset_from_files,
+    dataset_from_tfds,
+    list_image_files,
+    load_classification_data,
+)
+from keras_vtx.data.shapes import SHAPE_CLASSES, generate_shapes
+
+__all__ = [
+    "BadFileReport",
+    "ClassificationData",
+    "DEFAULT_SHAPES_IMAGES",
+    "IMAGE_EXTENSIONS",
+    "SHAPE_CLASSES",
+    "dataset_from_arrays",
+    "dataset_from_directory",
+    "dataset_from_files",
+    "dataset_from_tfds",
+    "generate_shapes",
+    "list_image_files",
+    "load_classification_data",
+]

@@ -1,0 +1,309 @@
+import logging
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_vtx.data import (
+    BadFileReport,
+    ClassificationData,
+    dataset_from_arrays,
+    dataset_from_directory,
+    dataset_from_files,
+    dataset_from_tfds,
+    list_image_files,
+    load_classification_data,
+)
+
+
+def _batches(dataset):
+    return [(np.asarray(x), np.asarray(y)) for x, y in dataset]
+
+
+def _arrays(n=12, size=20, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), np.arange(n) % 3
+
+
+def test_eval_arrays_keep_order_labels_and_pixels():
+    images, labels = _arrays(10, size=16)
+    dataset = dataset_from_arrays(images, labels, training=False, image_size=16, batch_size=4)
+    batches = _batches(dataset)
+    assert [len(y) for _, y in batches] == [4, 4, 2]  # evaluation keeps the remainder
+    x = np.concatenate([b[0] for b in batches])
+    y = np.concatenate([b[1] for b in batches])
+    assert x.dtype == np.float32 and y.dtype == np.int32
+    np.testing.assert_array_equal(y, labels)
+    # Same size and crop fraction 1: the pixels come through unchanged, as floats in [0, 255].
+    np.testing.assert_allclose(x, images.astype("float32"), atol=1e-3)
+
+
+def test_eval_resizes_and_center_crops_non_square_images():
+    images = np.zeros((2, 30, 60, 3), np.uint8)
+    images[:, :, 15:45] = 255  # the centre square is white, the sides black
+    dataset = dataset_from_arrays(images, [0, 1], training=False, image_size=10, batch_size=2)
+    x, _ = _batches(dataset)[0]
+    assert x.shape == (2, 10, 10, 3)
+    assert x[:, :, 1:-1].min() > 250  # the centre crop holds the white square only
+
+
+def test_grayscale_arrays_become_rgb():
+    images = np.full((4, 16, 16, 1), 100, np.uint8)
+    x, _ = _batches(dataset_from_arrays(images, [0, 1, 2, 3], training=False, image_size=8,
+                                        batch_size=4))[0]
+    assert x.shape == (4, 8, 8, 3)
+    np.testing.assert_allclose(x, 100.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("train_crop", ["random_resized", "random"])
+def test_training_batches_shapes_ranges_and_shuffle(train_crop):
+    images, labels = _arrays(40, size=24)
+    dataset = dataset_from_arrays(images, labels, training=True, image_size=16, batch_size=8,
+                                  train_crop=train_crop, seed=3)
+    batches = _batches(dataset)
+    assert len(batches) == 5
+    for x, y in batches:
+        assert x.shape == (8, 16, 16, 3) and x.dtype == np.float32
+        assert y.shape == (8,) and y.dtype == np.int32
+        assert x.min() >= 0 and x.max() <= 255 and x.std() > 10
+    # Shuffled: not the array order; every example seen once per epoch.
+    order = np.concatenate([y for _, y in batches])
+    assert sorted(order.tolist()) == sorted(labels.tolist())
+    assert not np.array_equal(order, labels)
+
+
+def test_shuffle_and_crops_are_reproducible_with_a_seed():
+    images, labels = _arrays(32)
+    labels = np.arange(32)
+
+    def first_epoch(seed):
+        dataset = dataset_from_arrays(images, labels, training=True, image_size=16,
+                                      batch_size=32, seed=seed, flip=False)
+        return _batches(dataset)[0]
+
+    (xa, ya), (xb, yb), (_, yc) = first_epoch(1), first_epoch(1), first_epoch(2)
+    np.testing.assert_array_equal(ya, yb)
+    np.testing.assert_allclose(xa, xb)
+    assert not np.array_equal(ya, yc)
+    # Each epoch is a new shuffle.
+    dataset = dataset_from_arrays(images, labels, training=True, image_size=16, batch_size=32,
+                                  seed=1)
+    epoch1, epoch2 = _batches(dataset)[0][1], _batches(dataset)[0][1]
+    assert not np.array_equal(epoch1, epoch2)
+
+
+def test_mixup_gives_one_hot_mixed_labels_in_range():
+    images, labels = _arrays(32)
+    dataset = dataset_from_arrays(images, labels, training=True, image_size=16, batch_size=16,
+                                  mixup_alpha=0.8, num_classes=3)
+    x, y = _batches(dataset)[0]
+    assert y.shape == (16, 3) and y.dtype == np.float32
+    np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-5)
+    assert y.min() >= 0 and np.any((y > 0.01) & (y < 0.99)), "labels are not mixed"
+    assert x.min() >= 0 and x.max() <= 255
+
+
+def test_cutmix_and_mixup_together():
+    images, labels = _arrays(32)
+    dataset = dataset_from_arrays(images, labels, training=True, image_size=16, batch_size=16,
+                                  mixup_alpha=0.5, cutmix_alpha=1.0, num_classes=3)
+    for x, y in _batches(dataset):
+        assert x.shape == (16, 16, 16, 3) and y.shape == (16, 3)
+        assert x.min() >= 0 and x.max() <= 255
+        np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-5)
+
+
+# Keras 3's RandAugment takes ~25 s to trace in tf.data on the JAX backend: its
+# Equalization layer unrolls a 256-bin loop when the *global* backend is JAX.
+@pytest.mark.slow
+def test_rand_augment_changes_images_within_range():
+    images, labels = _arrays(16, size=16)
+    plain = dataset_from_arrays(images, labels, training=True, image_size=16, batch_size=16,
+                                flip=False, train_crop="random", padding=0)
+    augmented = dataset_from_arrays(images, labels, training=True, image_size=16,
+                                    batch_size=16, flip=False, train_crop="random", padding=0,
+                                    rand_augment=0.5)
+    (x0, y0), (x1, y1) = _batches(plain)[0], _batches(augmented)[0]
+    np.testing.assert_array_equal(y0, y1)  # same seed: same order
+    assert x1.shape == x0.shape and x1.min() >= 0 and x1.max() <= 255
+    assert np.abs(x1 - x0).mean() > 1.0, "RandAugment left the images unchanged"
+
+
+def test_one_hot_evaluation_labels():
+    images, labels = _arrays(6)
+    dataset = dataset_from_arrays(images, labels, training=False, image_size=16, batch_size=6,
+                                  one_hot=True, num_classes=3)
+    _, y = _batches(dataset)[0]
+    np.testing.assert_array_equal(y, np.eye(3, dtype="float32")[labels])
+
+
+def test_shards_are_disjoint_and_cover_the_data():
+    images = np.zeros((23, 8, 8, 3), np.uint8)
+    ids = np.arange(23)
+    seen = []
+    for index in range(3):
+        for training in (False, True):
+            dataset = dataset_from_arrays(images, ids, training=training, image_size=8,
+                                          batch_size=1, num_shards=3, shard_index=index)
+            shard = np.concatenate([y for _, y in _batches(dataset)])
+            if not training:
+                seen.append(set(shard.tolist()))
+            else:
+                assert set(shard.tolist()) == seen[-1]
+    assert all(not (a & b) for i, a in enumerate(seen) for b in seen[i + 1:])
+    assert set().union(*seen) == set(range(23))
+
+
+def _write_image_folder(root, corrupt=()):
+    """Two classes told apart by brightness; `corrupt` names files to break."""
+    rng = np.random.default_rng(0)
+    for name, level, ext in (("bright", 220, ".png"), ("dark", 20, ".jpg")):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(5):
+            size = (int(rng.integers(12, 30)), int(rng.integers(12, 30)))
+            pixels = np.full((*size, 3), level, np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}{ext}")
+        Image.fromarray(np.full((16, 16), level, np.uint8)).save(folder / "gray.bmp")
+        Image.fromarray(np.full((16, 16, 3), level, np.uint8)).save(folder / "anim.GIF")
+        (folder / "notes.txt").write_text("not an image")
+    for relative in corrupt:
+        (root / relative).write_bytes(b"\x89PNG\r\n\x1a\n this is not a real image")
+
+
+def test_directory_labels_follow_sorted_folder_names(tmp_path):
+    _write_image_folder(tmp_path)
+    paths, labels, class_names = list_image_files(tmp_path)
+    assert class_names == ("bright", "dark")
+    assert len(paths) == 14 and not any(p.endswith(".txt") for p in paths)
+    dataset, names = dataset_from_directory(tmp_path, training=False, image_size=16,
+                                            batch_size=5)
+    assert names == class_names
+    batches = _batches(dataset)
+    x = np.concatenate([b[0] for b in batches])
+    y = np.concatenate([b[1] for b in batches])
+    assert x.shape == (14, 16, 16, 3) and y.dtype == np.int32
+    brightness = x.mean(axis=(1, 2, 3))
+    np.testing.assert_array_equal(y, (brightness < 128).astype(int))
+
+
+def test_corrupt_file_is_skipped_counted_and_named(tmp_path, caplog):
+    _write_image_folder(tmp_path, corrupt=["dark/3.jpg", "bright/broken.png"])
+    report = BadFileReport()
+    dataset, _ = dataset_from_directory(tmp_path, training=True, image_size=16, batch_size=4,
+                                        report=report)
+    with caplog.at_level(logging.WARNING, logger="keras_vtx.data"):
+        for _ in range(2):  # a second epoch must not count the files twice
+            batches = _batches(dataset)
+    assert sum(len(y) for _, y in batches) == 12  # 15 files, 2 bad, remainder 1 dropped
+    assert report.count == 2
+    assert sorted(p.rsplit("/", 2)[-2] + "/" + p.rsplit("/", 1)[-1] for p in report.examples) == [
+        "bright/broken.png", "dark/3.jpg"
+    ]
+    assert "broken.png" in caplog.text and "3.jpg" in caplog.text
+    assert report.to_dict()["count"] == 2
+
+
+def test_bad_files_raise_names_the_file(tmp_path):
+    _write_image_folder(tmp_path, corrupt=["dark/3.jpg"])
+    paths, labels, _ = list_image_files(tmp_path)
+    dataset = dataset_from_files(paths, labels, training=False, image_size=16, batch_size=4,
+                                 bad_files="raise")
+    with pytest.raises(Exception, match="3.jpg"):
+        _batches(dataset)
+
+
+def test_load_classification_data_shapes():
+    data = load_classification_data("shapes:100", image_size=32, batch_size=16,
+                                    validation_split=0.2)
+    assert isinstance(data, ClassificationData)
+    train, validation, class_names = data
+    assert class_names == ("circle", "square", "triangle", "cross", "ring", "diamond")
+    assert (data.num_train, data.num_validation, data.steps_per_epoch) == (80, 20, 5)
+    assert len(_batches(train)) == 5
+    val = _batches(validation)
+    assert sum(len(y) for _, y in val) == 20 and data.bad_files.count == 0
+
+
+def test_load_classification_data_mixup_makes_both_splits_one_hot():
+    train, validation, _ = load_classification_data("shapes:60", image_size=16, batch_size=8,
+                                                    mixup_alpha=0.2)
+    assert _batches(train)[0][1].shape == (8, 6)
+    assert _batches(validation)[0][1].shape[-1] == 6
+
+
+def test_load_classification_data_directory(tmp_path):
+    _write_image_folder(tmp_path / "all", corrupt=["dark/0.jpg"])
+    data = load_classification_data(f"dir:{tmp_path / 'all'}", image_size=16, batch_size=2,
+                                    validation_split=0.25)
+    assert data.class_names == ("bright", "dark")
+    assert data.num_train + data.num_validation == 14  # 7 files a class
+    _batches(data.train), _batches(data.validation)
+    assert data.bad_files.count == 1 and data.bad_files.examples[0].endswith("0.jpg")
+    # Explicit train/ and val/ folders are used as the splits.
+    _write_image_folder(tmp_path / "split" / "train")
+    _write_image_folder(tmp_path / "split" / "val")
+    data = load_classification_data(f"dir:{tmp_path / 'split'}", image_size=16, batch_size=2)
+    assert (data.num_train, data.num_validation) == (14, 14)
+
+
+def test_tfds_missing_raises_import_error_naming_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+    with pytest.raises(ImportError, match="pip install tensorflow-datasets"):
+        dataset_from_tfds("cifar10", "train", training=True, image_size=32)
+    with pytest.raises(ImportError, match="tensorflow-datasets"):
+        load_classification_data("tfds:cifar10", image_size=32)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(image_size=0), "image_size"),
+        (dict(image_size=16, batch_size=0), "batch_size"),
+        (dict(image_size=16, train_crop="center"), "train_crop"),
+        (dict(image_size=16, crop_scale=(0.5, 2.0)), "crop_scale"),
+        (dict(image_size=16, eval_crop_fraction=1.5), "eval_crop_fraction"),
+        (dict(image_size=16, mixup_alpha=0.2), "num_classes"),
+        (dict(image_size=16, num_shards=2, shard_index=2), "shard_index"),
+        (dict(image_size=16, num_shards=0), "num_shards"),
+        (dict(image_size=16, rand_augment=2.0), "rand_augment"),
+    ],
+)
+def test_bad_pipeline_arguments(kwargs, name):
+    images, labels = _arrays(4)
+    with pytest.raises(ValueError, match=name):
+        dataset_from_arrays(images, labels, training=True, **kwargs)
+
+
+def test_bad_array_arguments():
+    images, labels = _arrays(4)
+    with pytest.raises(ValueError, match="same length"):
+        dataset_from_arrays(images, labels[:3], training=True, image_size=8)
+    with pytest.raises(ValueError, match="`images`"):
+        dataset_from_arrays(images[..., :2], labels, training=True, image_size=8)
+    with pytest.raises(ValueError, match="`labels`"):
+        dataset_from_arrays(images, labels.astype("float32"), training=True, image_size=8)
+    with pytest.raises(ValueError, match="num_classes"):
+        dataset_from_arrays(images, labels, training=True, image_size=8, num_classes=2)
+
+
+def test_bad_directory_and_spec_arguments(tmp_path):
+    with pytest.raises(ValueError, match="directory"):
+        list_image_files(tmp_path / "missing")
+    with pytest.raises(ValueError, match="no class sub-folders"):
+        list_image_files(tmp_path)
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "cats" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="no image"):
+        list_image_files(tmp_path)
+    with pytest.raises(ValueError, match="spec"):
+        load_classification_data("imagenet", image_size=16)
+    with pytest.raises(ValueError, match="spec"):
+        load_classification_data("shapes:lots", image_size=16)
+    with pytest.raises(ValueError, match="spec"):
+        load_classification_data("dir:", image_size=16)
+    with pytest.raises(ValueError, match="validation_split"):
+        load_classification_data("shapes:10", image_size=16, validation_split=1.0)
+    with pytest.raises(ValueError, match="bad_files"):
+        dataset_from_files(["a.png"], [0], training=False, image_size=8, bad_files="ignore")

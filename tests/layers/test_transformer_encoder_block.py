@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+
+from keras_vtx.layers import TransformerEncoderBlock
+from tests.test_case import (
+    assert_all_weights_get_gradients,
+    assert_allclose,
+    assert_config_round_trip,
+    np_attention,
+    np_layer_norm,
+    np_mlp,
+    randomize_weights,
+    save_load_in_functional_model,
+    to_numpy,
+)
+
+
+def _x(shape=(2, 5, 8), seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+def _block(x, **kwargs):
+    block = TransformerEncoderBlock(**{"num_heads": 2, "mlp_dim": 16, **kwargs})
+    block.build(x.shape)
+    randomize_weights(block)
+    return block
+
+
+def _np_block(block, x, mask=None, causal=False, pos=None):
+    def attn(h):
+        return np_attention(block.attention, h, mask=mask, causal=causal,
+                            query_position=pos, key_position=pos)[0]
+
+    x = x.astype("float64")
+    if block.norm_first:
+        x = x + attn(np_layer_norm(block.norm1, x))
+        return x + np_mlp(block.mlp, np_layer_norm(block.norm2, x))
+    x = np_layer_norm(block.norm1, x + attn(x))
+    return np_layer_norm(block.norm2, x + np_mlp(block.mlp, x))
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_matches_numpy(norm_first):
+    x = _x()
+    block = _block(x, norm_first=norm_first)
+    out = block(x)
+    assert tuple(out.shape) == x.shape
+    assert_allclose(out, _np_block(block, x), atol=1e-4)
+
+
+def test_pre_and_post_norm_differ():
+    x = _x()
+    pre = _block(x, norm_first=True)
+    post = _block(x, norm_first=False)
+    assert_allclose(pre(x), _np_block(pre, x), atol=1e-4)
+    # Post-LN ends with a LayerNorm; pre-LN keeps the residual stream's scale.
+    assert np.abs(to_numpy(pre(x)) - to_numpy(post(x))).max() > 1e-2
+
+
+def test_mask_causal_and_position_encoding():
+    x, pos = _x(), _x(seed=1)
+    mask = np.random.default_rng(2).random((2, 5, 5)) > 0.3
+    mask[..., 0] = True
+    block = _block(x, norm_first=False)
+    out = block(x, attention_mask=mask, position_encoding=pos)
+    assert_allclose(out, _np_block(block, x, mask=mask, pos=pos), atol=1e-4)
+    out = block(x, is_causal=True)
+    assert_allclose(out, _np_block(block, x, causal=True), atol=1e-4)
+
+
+def test_return_attention_scores():
+    x = _x()
+    block = _block(x)
+    out, scores = block(x, return_attention_scores=True)
+    assert tuple(scores.shape) == (2, 2, 5, 5)
+    np.testing.assert_allclose(to_numpy(scores).sum(-1), 1.0, atol=1e-6)
+    assert_allclose(out, block(x), atol=1e-5)
+
+
+def test_dropout_and_drop_path_only_in_training():
+    x = _x((4, 5, 8))
+    block = _block(x, dropout=0.3, attention_dropout=0.3, drop_path=0.3)
+    expected = _np_block(block, x)
+    assert_allclose(block(x), expected, atol=1e-4)
+    assert_allclose(block(x, training=False), expected, atol=1e-4)
+    assert np.abs(to_numpy(block(x, training=True)) - expected).max() > 1e-3
+
+
+def test_config_round_trip_and_save_load(tmp_path):
+    block = TransformerEncoderBlock(
+        2, 16, dropout=0.1, attention_dropout=0.2, drop_path=0.1, norm_first=False,
+        activation="quick_gelu", layer_norm_epsilon=1e-5, name="block",
+    )
+    clone = assert_config_round_trip(block)
+    assert clone.norm_first is False and clone.drop_path == 0.1
+    x = _x()
+    reloaded = save_load_in_functional_model(block, x, tmp_path, atol=1e-6)
+    assert reloaded.activation == "quick_gelu"
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_gradients_reach_every_weight(norm_first):
+    x = _x()
+    assert_all_weights_get_gradients(_block(x, norm_first=norm_first), x)

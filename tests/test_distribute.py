@@ -1,0 +1,323 @@
+"""Tests of keras_vtx.distribute: the chosen strategy, errors, layouts, replica equivalence.
+
+The multi-device checks run in subprocesses because the devices (two forced
+XLA host devices for JAX, two logical CPUs for TensorFlow) must be configured
+before the backend initialises. Each runs once, in the tox env of its backend.
+"""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_vtx.distribute import Distribution, get_distribution, vit_layout_map
+from keras_vtx.models import ViTBackbone, ViTClassifier
+from tests.test_case import BACKEND, TINY_VIT, random_images
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "tests", "distribute_scripts", "replica_equivalence.py")
+
+
+def _local_device_count():
+    if BACKEND == "jax":
+        import jax
+
+        return len(jax.devices())
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return len(tf.config.list_logical_devices("GPU")) or len(
+            tf.config.list_logical_devices("CPU")
+        )
+    return 1
+
+
+def _tiny_classifier():
+    return ViTClassifier(
+        ViTBackbone(**{**TINY_VIT, "num_layers": 1}), num_classes=3,
+        head_initializer="glorot_uniform",
+    )
+
+
+# === Choosing a distribution on this machine ===
+
+
+def test_auto_on_this_machine_trains_under_scope():
+    distribution = get_distribution()
+    count = _local_device_count()
+    assert distribution.num_replicas == count
+    if count == 1:
+        assert distribution.kind == "default"
+    x = random_images(batch=4)
+    y = np.array([0, 1, 2, 0])
+    with distribution.scope():
+        model = _tiny_classifier()
+        model.compile(optimizer=keras.optimizers.SGD(0.1), metrics=[])
+        before = keras.ops.convert_to_numpy(model.get_layer("head").kernel.value).copy()
+        loss = model.fit(x, y, batch_size=4, epochs=1, verbose=0).history["loss"][0]
+    assert np.isfinite(loss)
+    after = keras.ops.convert_to_numpy(model.get_layer("head").kernel.value)
+    assert np.max(np.abs(after - before)) > 0
+
+
+def test_default_kind():
+    distribution = get_distribution(kind="default")
+    assert distribution.kind == "default"
+    assert distribution.num_replicas == 1
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        assert distribution.backend_strategy is tf.distribute.get_strategy()
+    else:
+        assert distribution.backend_strategy is None
+    assert "kind='default'" in repr(distribution)
+
+
+def test_repr_names_the_strategy():
+    class FakeStrategy:
+        pass
+
+    distribution = Distribution("mirrored", 2, FakeStrategy())
+    assert repr(distribution) == (
+        "Distribution(kind='mirrored', num_replicas=2, backend_strategy=FakeStrategy)"
+    )
+
+
+# === Bad arguments ===
+
+
+def test_unknown_kind_raises():
+    with pytest.raises(ValueError, match=r"`kind` must be one of .*received 'pipeline'"):
+        get_distribution(kind="pipeline")
+
+
+@pytest.mark.parametrize("mesh", [(2,), (0, 1), (1, 2, 1), "2x2", (1.0, 2)])
+def test_malformed_model_parallel_raises(mesh):
+    with pytest.raises(ValueError, match=r"`model_parallel` must be a \(data, model\) pair"):
+        get_distribution(model_parallel=mesh)
+
+
+def test_model_parallel_with_another_kind_raises():
+    with pytest.raises(ValueError, match=r"`model_parallel` needs kind=.*received kind='mirrored'"):
+        get_distribution(kind="mirrored", model_parallel=(1, 1))
+
+
+@pytest.mark.parametrize("devices", ["cpu:0", []])
+def test_bad_devices_raise(devices):
+    with pytest.raises(ValueError, match="`devices`"):
+        get_distribution(devices=devices)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="device meshes are a JAX feature")
+def test_jax_mesh_size_mismatch_raises():
+    count = _local_device_count()
+    with pytest.raises(ValueError, match=rf"mesh shape \(2, {count}\) has {2 * count} devices "
+                                         rf"but {count} are given"):
+        get_distribution(model_parallel=(2, count))
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="checks the JAX error messages")
+def test_jax_rejects_tensorflow_kinds():
+    with pytest.raises(ValueError, match=r"`kind='mirrored'` is not available on the jax "
+                                         r"backend.*kind='data_parallel'"):
+        get_distribution(kind="mirrored")
+    import jax
+
+    try:
+        has_tpu = bool(jax.devices("tpu"))
+    except RuntimeError:
+        has_tpu = False
+    if not has_tpu:
+        with pytest.raises(ValueError, match="needs a TPU"):
+            get_distribution(kind="tpu")
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution.DataParallel runs on JAX")
+def test_jax_explicit_devices_give_data_parallel():
+    distribution = get_distribution(kind="data_parallel", devices=["cpu:0"])
+    assert isinstance(distribution.backend_strategy, keras.distribution.DataParallel)
+    assert distribution.num_replicas == 1
+    assert keras.distribution.distribution() is None
+    with distribution.scope():
+        assert keras.distribution.distribution() is distribution.backend_strategy
+    assert keras.distribution.distribution() is None
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute strategies")
+def test_tensorflow_strategies_on_named_devices():
+    import tensorflow as tf
+
+    with pytest.raises(ValueError, match=r"`kind='model_parallel'` is not available on the "
+                                         r"tensorflow backend.*JAX backend only"):
+        get_distribution(kind="model_parallel")
+    mirrored = get_distribution(kind="mirrored", devices=["/cpu:0"])
+    assert isinstance(mirrored.backend_strategy, tf.distribute.MirroredStrategy)
+    assert mirrored.num_replicas == 1
+    with mirrored.scope():
+        assert tf.distribute.get_strategy() is mirrored.backend_strategy
+    assert tf.distribute.get_strategy() is not mirrored.backend_strategy
+    one = get_distribution(devices=["/cpu:0"])
+    assert isinstance(one.backend_strategy, tf.distribute.OneDeviceStrategy)
+    assert (one.kind, one.num_replicas) == ("single_device", 1)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="checks the torch backend's single device")
+def test_torch_is_single_device():
+    for kind in ("data_parallel", "mirrored", "model_parallel", "tpu"):
+        with pytest.raises(ValueError, match=rf"`kind='{kind}'` is not available on the torch "
+                                             r"backend.*trains on one device only.*jax"):
+            get_distribution(kind=kind)
+    with pytest.raises(ValueError, match=r"`devices` must name one device on the torch"):
+        get_distribution(devices=["cpu", "cpu"])
+    distribution = get_distribution(devices=["cpu"])
+    assert (distribution.kind, distribution.num_replicas, distribution.device) == (
+        "single_device", 1, "cpu"
+    )
+    with distribution.scope():
+        model = _tiny_classifier()
+    assert all(str(v.value.device) == "cpu" for v in model.weights)
+
+
+# === vit_layout_map ===
+
+EXPECTED_LAYOUTS = {
+    "attention/query/kernel": (None, "model"),
+    "attention/key/kernel": (None, "model"),
+    "attention/value/kernel": (None, "model"),
+    "attention/query/bias": ("model",),
+    "attention/key/bias": ("model",),
+    "attention/value/bias": ("model",),
+    "attention/output/kernel": ("model", None),
+    "mlp/fc1/kernel": (None, "model"),
+    "mlp/fc1/bias": ("model",),
+    "mlp/fc2/kernel": ("model", None),
+}
+
+
+def test_vit_layout_map_shards_attention_and_mlp():
+    mesh = keras.distribution.DeviceMesh((1, 1), ("batch", "model"), ["cpu:0"])
+    layout_map = vit_layout_map(mesh)
+    backbone = ViTBackbone(**{**TINY_VIT, "pooling": "map"})
+    sharded = 0
+    for variable in backbone.weights:
+        layout = layout_map[variable.path]
+        expected = next(
+            (axes for suffix, axes in EXPECTED_LAYOUTS.items() if variable.path.endswith(suffix)),
+            None,
+        )
+        if expected is None:
+            assert layout is None, variable.path
+            continue
+        sharded += 1
+        assert layout.axes == expected, variable.path
+        assert len(layout.axes) == len(variable.shape)
+        assert layout.device_mesh is mesh
+    # Every block and the MAP head carry all ten sharded weights.
+    assert sharded == 10 * (TINY_VIT["num_layers"] + 1)
+
+
+def test_vit_layout_map_bad_arguments():
+    with pytest.raises(TypeError, match="`device_mesh` must be a keras.distribution.DeviceMesh"):
+        vit_layout_map("mesh")
+    mesh = keras.distribution.DeviceMesh((1,), ("batch",), ["cpu:0"])
+    with pytest.raises(ValueError, match=r"`model_axis` must name an axis.*received 'model'"):
+        vit_layout_map(mesh)
+
+
+# === Two replicas against one (subprocesses) ===
+
+
+@functools.lru_cache(maxsize=None)
+def _replica_report(backend):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+    if backend == "jax":
+        env["XLA_FLAGS"] = (
+            env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+        ).strip()
+        env["JAX_PLATFORMS"] = "cpu"
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # the two replicas must be the two CPUs
+    result = subprocess.run(
+        [sys.executable, SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True,
+        timeout=300,
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
+    if result.returncode or not lines:
+        pytest.fail(
+            f"{SCRIPT} failed on {backend} (rc={result.returncode}):\n{result.stderr[-4000:]}"
+        )
+    return json.loads(lines[-1][len("REPORT "):])
+
+
+def _check_equivalence(report):
+    assert report["two_replicas"] == 2, report["two"]
+    assert report["query_copies"] == 2
+    # Training must have moved the weights far beyond the tolerance, or the
+    # comparison below would prove nothing.
+    assert report["max_weight_change"] > 0.05
+    assert report["max_relative_weight_difference"] < 1e-5
+    np.testing.assert_allclose(report["loss_double"], report["loss_single"], rtol=1e-5)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="runs once, in the jax env (the subprocess "
+                                             "sets its own backend)")
+@pytest.mark.slow
+def test_jax_two_replicas_match_one():
+    report = _replica_report("jax")
+    assert "DataParallel" in report["two"]
+    _check_equivalence(report)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="runs once, in the tensorflow env (the "
+                                                    "subprocess sets its own backend)")
+@pytest.mark.slow
+def test_tensorflow_two_replicas_match_one():
+    report = _replica_report("tensorflow")
+    assert "MirroredStrategy" in report["two"]
+    _check_equivalence(report)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="ModelParallel runs on JAX only")
+@pytest.mark.slow
+def test_jax_model_parallel_shards_query_kernel():
+    report = _replica_report("jax")["model_parallel"]
+    assert report["num_replicas"] == 1
+    assert report["query_devices"] == 2
+    # (16, 16) split on the output axis; fc2 (32, 16) on the input axis.
+    assert report["query_kernel_shape"] == [16, 16]
+    assert report["query_shard_shapes"] == [[16, 8], [16, 8]]
+    assert report["fc2_shard_shapes"] == [[16, 16], [16, 16]]
+    assert all(np.isfinite(report["loss"]))
+    assert report["max_relative_weight_difference"] < 1e-5
+
+
+NO_TENSORFLOW = """
+import sys
+
+sys.modules["tensorflow"] = None  # `import tensorflow` now raises ModuleNotFoundError
+from keras_vtx.distribute import get_distribution
+
+distribution = get_distribution()
+with distribution.scope():
+    pass
+assert distribution.num_replicas == 1, distribution
+assert sys.modules["tensorflow"] is None
+assert not [m for m in sys.modules if m.startswith("tensorflow.")]
+print("OK")
+"""
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="runs once, from the torch session (the "
+                                               "lightest backend to start)")
+def test_imports_and_runs_without_tensorflow():
+    env = dict(os.environ, KERAS_BACKEND="torch", PYTHONPATH=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", NO_TENSORFLOW], env=env, cwd=ROOT, capture_output=True,
+        text=True, timeout=300,
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-4000:]

@@ -51,10 +51,10 @@ def _defined_in(test, module):
 
 
 def test_public_layers_and_models_have_running_examples():
-    from keras_vtx import layers, models, ops
+    from keras_vtx import analysis, layers, losses, metrics, models, ops
 
     missing = []
-    for package in (layers, models, ops):
+    for package in (analysis, layers, losses, metrics, models, ops):
         for name in package.__all__:
             obj = getattr(package, name)
             # Base classes are documented through their subclasses' examples.

@@ -32,7 +32,10 @@ SCRIPT = textwrap.dedent(
     import numpy as np
 
     import keras_vtx
+    import keras_vtx.analysis
     import keras_vtx.layers
+    import keras_vtx.losses
+    import keras_vtx.metrics
     import keras_vtx.models
     import keras_vtx.ops
     from keras_vtx.models import ViTBackbone, ViTClassifier

@@ -16,7 +16,11 @@ def load_transformers_checkpoint(path, cls, **kwargs):
         from keras_vtx.convert.vit import load_vit
 
         return load_vit(path, config, cls, **kwargs)
+    if model_type == "clip":
+        from keras_vtx.convert.clip import load_clip
+
+        return load_clip(path, config, cls, **kwargs)
     raise ValueError(
         f"Cannot convert a transformers checkpoint of model_type {model_type!r} "
-        f"(from {path!r}) to {cls.__name__}; supported: 'vit'."
+        f"(from {path!r}) to {cls.__name__}; supported: 'vit', 'clip'."
     )

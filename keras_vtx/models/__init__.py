@@ -1,6 +1,7 @@
 """Models: backbones, tasks and the preset registry."""
 
 from keras_vtx.models.backbone import Backbone
+from keras_vtx.models.clip import CLIP, CLIPTextEncoder, ZeroShotClassifier
 from keras_vtx.models.presets import (
     get_preset,
     list_presets,
@@ -12,12 +13,26 @@ from keras_vtx.models.vit import ViTBackbone, ViTClassifier, vit_config
 
 __all__ = [
     "Backbone",
+    "CLIP",
+    "CLIPTextEncoder",
+    "CLIPTokenizer",
     "Task",
     "ViTBackbone",
     "ViTClassifier",
+    "ZeroShotClassifier",
     "get_preset",
     "list_presets",
     "register_preset",
     "unregister_preset",
     "vit_config",
 ]
+
+
+def __getattr__(name):
+    # CLIPTokenizer needs TensorFlow and tensorflow-text: imported on first use only,
+    # so that `import keras_vtx.models` works without TensorFlow.
+    if name == "CLIPTokenizer":
+        from keras_vtx.models.clip.clip_tokenizer import CLIPTokenizer
+
+        return CLIPTokenizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -71,7 +71,7 @@ def preset_params(name):
     return backbone_params(backbone) + pooled * config["num_classes"] + config["num_classes"]
 
 
-PRESETS = list_presets()
+PRESETS = list_presets("ViTClassifier")
 SMALL = [n for n in PRESETS if preset_params(n) < 25e6]
 
 

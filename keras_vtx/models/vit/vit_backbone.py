@@ -55,6 +55,8 @@ class ViTBackbone(Backbone):
             (`(3, 4, 9)` for the paper's R50 hybrids).
         hybrid_stem_width: int, the stem's width.
         pre_norm: bool, a LayerNorm before the encoder (CLIP's image tower).
+        patch_bias: bool, whether the patch embedding has a bias (CLIP's has
+            none).
         layer_norm_epsilon: float.
         activation: the MLP activation (`"gelu"`, `"quick_gelu"`, ...).
         return_hidden_states: bool, also output every block's output.
@@ -96,6 +98,7 @@ class ViTBackbone(Backbone):
         hybrid_stem_depths=None,
         hybrid_stem_width=64,
         pre_norm=False,
+        patch_bias=True,
         layer_norm_epsilon=1e-6,
         activation="gelu",
         return_hidden_states=False,
@@ -132,7 +135,7 @@ class ViTBackbone(Backbone):
                 hybrid_stem_depths, hybrid_stem_width, dtype=dtype, name="hybrid_stem"
             )
         patch_embedding = PatchEmbedding(
-            hidden_dim, patch_size, dtype=dtype, name="patch_embedding"
+            hidden_dim, patch_size, use_bias=patch_bias, dtype=dtype, name="patch_embedding"
         )
         cls_token = ClassToken(dtype=dtype, name="class_token") if class_token else None
         position_embedding = PositionEmbedding(
@@ -212,6 +215,7 @@ class ViTBackbone(Backbone):
         self.hybrid_stem_depths = tuple(hybrid_stem_depths) if hybrid_stem_depths else None
         self.hybrid_stem_width = hybrid_stem_width
         self.pre_norm = pre_norm
+        self.patch_bias = patch_bias
         self.layer_norm_epsilon = layer_norm_epsilon
         self.activation = activation
         self.return_hidden_states = return_hidden_states
@@ -271,6 +275,7 @@ class ViTBackbone(Backbone):
             "hybrid_stem_depths": self.hybrid_stem_depths,
             "hybrid_stem_width": self.hybrid_stem_width,
             "pre_norm": self.pre_norm,
+            "patch_bias": self.patch_bias,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "activation": self.activation,
             "return_hidden_states": self.return_hidden_states,

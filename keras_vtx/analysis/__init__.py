@@ -1,0 +1,14 @@
+"""Analysis tools: linear probes of frozen features.
+
+Imports without TensorFlow; a `tf.data.Dataset` given to `extract_features` is
+read through its NumPy iterator.
+"""
+
+from keras_vtx.analysis.linear_probe import (
+    LinearProbe,
+    extract_features,
+    probe_layers,
+    sweep_regularization,
+)
+
+__all__ = ["LinearProbe", "extract_features", "probe_layers", "sweep_regularization"]

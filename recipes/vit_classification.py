@@ -30,6 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
+from recipes._common import Throughput, chosen_distribution  # noqa: E402
+
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 AUGMENTATIONS = ("auto", "none", "crop_flip", "randaugment")
 
@@ -92,36 +94,6 @@ def parse_args(argv=None):
     return args
 
 
-class _Throughput(keras.callbacks.Callback):
-    """Counts the training batches and the time spent in `fit` in this run."""
-
-    def __init__(self):
-        super().__init__()
-        self.batches = 0
-        self.seconds = 0.0
-        self.epochs_run = 0
-
-    def on_train_begin(self, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.batches += 1
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epochs_run += 1
-
-    def on_train_end(self, logs=None):
-        self.seconds = time.perf_counter() - self._start
-
-
-def _distribution(enabled):
-    if not enabled:
-        return None
-    from keras_vtx.distribute import get_distribution
-
-    return get_distribution()
-
-
 def main(argv=None, callbacks=None):
     """Runs the recipe with the command-line arguments `argv`.
 
@@ -140,7 +112,7 @@ def main(argv=None, callbacks=None):
     from keras_vtx.data import load_classification_data
     from keras_vtx.models import ViTClassifier
 
-    distribution = _distribution(args.distribute)
+    distribution = chosen_distribution(args.distribute)
     num_replicas = distribution.num_replicas if distribution is not None else 1
     if args.batch_size % num_replicas:
         raise ValueError(
@@ -181,7 +153,7 @@ def main(argv=None, callbacks=None):
         )
     output = args.output
     os.makedirs(output, exist_ok=True)
-    throughput = _Throughput()
+    throughput = Throughput()
     fit_callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(output, "backup")),
         keras.callbacks.TensorBoard(os.path.join(output, "logs"), write_graph=False),

@@ -17,6 +17,15 @@ from keras_vtx.data.image_classification import (
     list_image_files,
     load_classification_data,
 )
+from keras_vtx.data.image_text import (
+    dataset_from_pairs,
+    group_captions,
+    load_pair_data,
+    pairs_from_csv,
+    pairs_from_jsonl,
+    read_pairs,
+)
+from keras_vtx.data.image_text_data import ImageTextData
 from keras_vtx.data.shapes import SHAPE_CLASSES, generate_shapes
 
 __all__ = [
@@ -24,12 +33,19 @@ __all__ = [
     "ClassificationData",
     "DEFAULT_SHAPES_IMAGES",
     "IMAGE_EXTENSIONS",
+    "ImageTextData",
     "SHAPE_CLASSES",
     "dataset_from_arrays",
     "dataset_from_directory",
     "dataset_from_files",
+    "dataset_from_pairs",
     "dataset_from_tfds",
     "generate_shapes",
+    "group_captions",
     "list_image_files",
     "load_classification_data",
+    "load_pair_data",
+    "pairs_from_csv",
+    "pairs_from_jsonl",
+    "read_pairs",
 ]

@@ -1,0 +1,36 @@
+"""Pieces shared by the training recipes (imported as `recipes._common`)."""
+
+import time
+
+import keras
+
+
+class Throughput(keras.callbacks.Callback):
+    """Counts the training batches and the time spent in `fit` in this run."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+        self.seconds = 0.0
+        self.epochs_run = 0
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs_run += 1
+
+    def on_train_end(self, logs=None):
+        self.seconds = time.perf_counter() - self._start
+
+
+def chosen_distribution(enabled):
+    """The `keras_vtx.distribute` choice for this machine, or None when not asked for."""
+    if not enabled:
+        return None
+    from keras_vtx.distribute import get_distribution
+
+    return get_distribution()

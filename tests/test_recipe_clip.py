@@ -1,0 +1,111 @@
+"""The CLIP contrastive recipe end to end, tiny: interrupted, resumed, reported, reloaded."""
+
+import importlib.util
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_vtx.models.clip import CLIP, clip_image_encoder_config, clip_text_encoder_config
+from keras_vtx.models.presets import register_preset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_PRESET = "clip_test_tiny_recipe"
+
+# One narrow layer per tower: the recipe's mechanics, not its accuracy, are tested here.
+register_preset(
+    TINY_PRESET,
+    "CLIP",
+    {
+        "image_encoder": clip_image_encoder_config("Ti/8", 32, hidden_dim=16, num_layers=1,
+                                                   num_heads=2, mlp_dim=32),
+        "text_encoder": clip_text_encoder_config(16, num_layers=1, num_heads=2),
+        "projection_dim": 8,
+    },
+    "A tiny CLIP for the recipe's smoke test.",
+)
+
+
+def _load_recipe():
+    path = os.path.join(REPO, "recipes", "clip_contrastive.py")
+    spec = importlib.util.spec_from_file_location("clip_contrastive_recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _InterruptAfterFirstEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise _Interrupted(f"stopped after epoch {epoch}")
+
+
+class _EpochRecorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+# Builds CLIP's BPE tokenizer and two tiny trainings: ~30-60 s on a shared CPU.
+@pytest.mark.slow
+def test_recipe_resumes_reports_and_saves_a_reloadable_preset(tmp_path):
+    recipe = _load_recipe()
+    output = tmp_path / "run"
+    argv = ["--preset", TINY_PRESET, "--data", "shapes:96", "--epochs", "2",
+            "--steps-per-epoch", "2", "--batch-size", "16", "--output", str(output),
+            "--verbose", "0", "--distribute"]
+    with pytest.raises(_Interrupted):
+        recipe.main(argv, callbacks=[_InterruptAfterFirstEpoch()])
+    assert os.listdir(output / "backup"), "no backup written before the interruption"
+    assert not (output / "report.json").exists()
+
+    recorder = _EpochRecorder()
+    report = recipe.main(argv, callbacks=[recorder])
+    assert recorder.epochs == [1], "the second run did not resume after the first epoch"
+    assert report["epochs_run"] == 1 and report["epochs"] == 2
+
+    with open(output / "report.json") as f:
+        written = json.load(f)
+    assert written == report
+    for key in ("image_to_text_recall@1", "image_to_text_recall@5", "text_to_image_recall@1",
+                "text_to_image_recall@5", "zero_shot_accuracy", "zero_shot_top5_accuracy"):
+        assert 0.0 <= report[key] <= 1.0, key
+    assert report["image_to_text_recall@5"] >= report["image_to_text_recall@1"]
+    assert report["zero_shot_top5_accuracy"] >= report["zero_shot_accuracy"]
+    assert np.isfinite(report["loss"]) and report["loss"] > 0
+    assert report["pairs_per_second"] > 0 and report["wall_time_s"] > 0
+    assert report["bad_files"] == 0 and report["backend"] == keras.backend.backend()
+    assert (report["num_train"], report["num_validation"]) == (86, 10)  # --validation-split 0.1
+    assert report["context_length"] == 16 and len(report["class_names"]) == 6
+    assert os.listdir(output / "logs") and (output / "checkpoints" / "best.weights.h5").exists()
+
+    # The saved preset reloads and scores exactly what the report says.
+    model = CLIP.from_preset(str(output / "preset"))
+    assert model.text_encoder.context_length == 16
+    model.compile(total_steps=10, warmup_steps=1)
+    from keras_vtx.data import load_pair_data
+    from keras_vtx.models.clip.clip_tokenizer import CLIPTokenizer
+
+    data = load_pair_data("shapes:96", image_size=32, batch_size=16, validation_split=0.1,
+                          tokenizer=CLIPTokenizer(sequence_length=16))
+    loss = model.evaluate(data.validation, return_dict=True, verbose=0)["loss"]
+    np.testing.assert_allclose(loss, report["loss"], rtol=1e-4)
+
+
+def test_recipe_rejects_bad_flags():
+    recipe = _load_recipe()
+    for argv in (["--epochs", "0"], ["--precision", "float8"], ["--context-length", "1"],
+                 ["--warmup-fraction", "1.0"], ["--captions-per-image", "first"]):
+        with pytest.raises(SystemExit):
+            recipe.parse_args(argv)
+    args = recipe.parse_args([])
+    assert (args.preset, args.precision, args.augment) == ("clip_pico_patch4_32", "float32", True)
+    assert args.data.startswith("shapes")

@@ -1,5 +1,6 @@
 """Pieces shared by the training recipes (imported as `recipes._common`)."""
 
+import os
 import time
 
 import keras
@@ -34,3 +35,28 @@ def chosen_distribution(enabled):
     from keras_vtx.distribute import get_distribution
 
     return get_distribution()
+
+
+def training_callbacks(output, monitor, mode, extra=None):
+    """The recipes' callbacks, writing under `output`; returns `(callbacks, throughput)`.
+
+    Resumption after an interruption (`backup/`), TensorBoard logs (`logs/`), the best
+    weights by `monitor` (`checkpoints/best.weights.h5`) and a `Throughput` counter,
+    then the caller's `extra` callbacks.
+    """
+    os.makedirs(output, exist_ok=True)
+    throughput = Throughput()
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(output, "backup")),
+        keras.callbacks.TensorBoard(os.path.join(output, "logs"), write_graph=False),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(output, "checkpoints", "best.weights.h5"),
+            monitor=monitor,
+            mode=mode,
+            save_best_only=True,
+            save_weights_only=True,
+        ),
+        throughput,
+        *(extra or []),
+    ]
+    return callbacks, throughput

@@ -43,7 +43,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from recipes._common import Throughput, chosen_distribution  # noqa: E402
+from recipes._common import chosen_distribution, training_callbacks  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # Shapes captions are at most 10 tokens with the start and end tokens: a short
@@ -210,21 +210,7 @@ def main(argv=None, callbacks=None):
         )
 
     output = args.output
-    os.makedirs(output, exist_ok=True)
-    throughput = Throughput()
-    fit_callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(output, "backup")),
-        keras.callbacks.TensorBoard(os.path.join(output, "logs"), write_graph=False),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(output, "checkpoints", "best.weights.h5"),
-            monitor="val_loss",
-            mode="min",
-            save_best_only=True,
-            save_weights_only=True,
-        ),
-        throughput,
-        *(callbacks or []),
-    ]
+    fit_callbacks, throughput = training_callbacks(output, "val_loss", "min", callbacks)
     with scope():
         history = model.fit(
             train,

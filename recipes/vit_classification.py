@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from recipes._common import Throughput, chosen_distribution  # noqa: E402
+from recipes._common import chosen_distribution, training_callbacks  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 AUGMENTATIONS = ("auto", "none", "crop_flip", "randaugment")
@@ -152,21 +152,7 @@ def main(argv=None, callbacks=None):
             warmup_steps=warmup_steps,
         )
     output = args.output
-    os.makedirs(output, exist_ok=True)
-    throughput = Throughput()
-    fit_callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(output, "backup")),
-        keras.callbacks.TensorBoard(os.path.join(output, "logs"), write_graph=False),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(output, "checkpoints", "best.weights.h5"),
-            monitor="val_accuracy",
-            mode="max",
-            save_best_only=True,
-            save_weights_only=True,
-        ),
-        throughput,
-        *(callbacks or []),
-    ]
+    fit_callbacks, throughput = training_callbacks(output, "val_accuracy", "max", callbacks)
     with scope():
         history = model.fit(
             train,

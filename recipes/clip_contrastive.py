@@ -17,11 +17,11 @@ again with the same arguments (`backup/`), the final model as a preset
 directory (`preset/`, reload with `CLIP.from_preset(path)`) and `report.json`.
 
 The defaults (the pico preset, 3,300 shapes, 8 epochs of 23 steps of 128
-pairs, 16-token context) were measured with TensorFlow on 2 shared CPU cores:
-about 7.5 CPU-minutes (about 4 minutes of wall time when the two cores are
-free), validation loss 1.58 (ln 128 = 4.85 at chance), zero-shot accuracy
-0.35 on the six shape classes (chance 0.17; top-5 0.93) and recall@1 / @5 of
-about 0.16 / 0.61 over the 330 held-out pairs (many captions of the shapes
+pairs, 16-token context) were measured with TensorFlow on 2 free CPU cores:
+5 min 36 s of wall time, validation loss 1.56 (ln 128 = 4.85 at chance),
+zero-shot accuracy 0.33-0.35 on the six shape classes (chance 0.17; top-5
+0.93) and recall@1 of 0.19 (image to text) and 0.17 (text to image), recall@5
+about 0.6, over the 330 held-out pairs (many captions of the shapes
 set are identical, which caps recall@1). Train longer (`--epochs`, or
 `--data shapes:N`) for better figures.
 """

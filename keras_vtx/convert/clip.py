@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from keras_vtx.convert.vit import _ACTIVATIONS, read_state_dict
+from keras_vtx.convert.vit import _ACTIVATIONS, _set, read_state_dict
 
 _TRANSFORMS = {
     None: lambda x: x,
@@ -235,15 +235,6 @@ def _assign(encoder, weights, table, tower, path):
     for name, (key, transform) in table.items():
         key = f"{tower}.{key}"
         _set(variables[name], _TRANSFORMS[transform](np.asarray(weights[key])), key, path)
-
-
-def _set(variable, value, key, path):
-    if tuple(variable.shape) != tuple(value.shape):
-        raise ValueError(
-            f"Checkpoint tensor {key!r} in {path!r} has shape {tuple(value.shape)} after "
-            f"conversion, but {variable.path!r} expects {tuple(variable.shape)}."
-        )
-    variable.assign(value)
 
 
 def _preprocessing(path):

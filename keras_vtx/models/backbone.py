@@ -49,6 +49,10 @@ class Backbone(keras.Model):
     argument and return it from `get_config()`.
     """
 
+    # Where a task's config and attributes hold this backbone: `from_preset`
+    # given a task's preset (a classifier, a CLIP model) returns that part.
+    preset_key = "backbone"
+
     def __call__(self, *args, **kwargs):
         if args:
             self.validate_inputs(args[0])
@@ -84,7 +88,7 @@ class Backbone(keras.Model):
         kind, value = presets.resolve_preset(preset)
         if kind == "name":
             config = value["config"]
-            config = config.get("backbone", config)
+            config = config.get(cls.preset_key, config)
             return cls(**{**config, **kwargs})
         if kind == "transformers":
             from keras_vtx.convert import load_transformers_checkpoint
@@ -92,7 +96,7 @@ class Backbone(keras.Model):
             model = load_transformers_checkpoint(value, cls, **kwargs)
             return model
         saved = load_saved_preset(value)
-        saved = getattr(saved, "backbone", saved)
+        saved = getattr(saved, cls.preset_key, saved)
         if not isinstance(saved, cls):
             raise ValueError(
                 f"Preset {preset!r} holds a {type(saved).__name__}, not a {cls.__name__}."

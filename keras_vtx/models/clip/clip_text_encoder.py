@@ -2,8 +2,7 @@ import keras
 from keras import ops
 
 from keras_vtx.layers import PositionEmbedding, TransformerEncoderBlock
-from keras_vtx.models import presets
-from keras_vtx.models.backbone import Backbone, load_saved_preset, transfer_weights
+from keras_vtx.models.backbone import Backbone
 
 # CLIP's byte-level BPE vocabulary: 49406 is <|startoftext|>, 49407 <|endoftext|>.
 CLIP_VOCABULARY_SIZE = 49408
@@ -54,6 +53,9 @@ class CLIPTextEncoder(Backbone):
     >>> tuple(out["sequence_output"].shape), tuple(out["pooled_output"].shape)
     ((1, 8, 16), (1, 16))
     """
+
+    # `from_preset` of a `CLIP` preset (name, directory or checkpoint) gives its text tower.
+    preset_key = "text_encoder"
 
     def __init__(
         self,
@@ -171,40 +173,6 @@ class CLIPTextEncoder(Backbone):
         dtype = keras.backend.standardize_dtype(inputs.dtype)
         if "int" not in dtype:
             raise TypeError(f"`token_ids` must be integers; received dtype {dtype}.")
-
-    @classmethod
-    def from_preset(cls, preset, **kwargs):
-        """Builds the text encoder from a `CLIP` or text-encoder preset.
-
-        Args:
-            preset: a registered name (random weights), a directory written by
-                `save_to_preset()` (of a `CLIP` or a `CLIPTextEncoder`), a
-                transformers `CLIPModel` directory or `"hf://org/name"`.
-            **kwargs: config overrides.
-
-        Returns:
-            A `CLIPTextEncoder`; a `CLIP` preset gives its text tower.
-        """
-        kind, value = presets.resolve_preset(preset)
-        if kind == "name":
-            config = value["config"]
-            config = config.get("text_encoder", config)
-            return cls(**{**config, **kwargs})
-        if kind == "transformers":
-            from keras_vtx.convert import load_transformers_checkpoint
-
-            return load_transformers_checkpoint(value, cls, **kwargs)
-        saved = load_saved_preset(value)
-        saved = getattr(saved, "text_encoder", saved)
-        if not isinstance(saved, cls):
-            raise ValueError(
-                f"Preset {preset!r} holds a {type(saved).__name__}, not a {cls.__name__}."
-            )
-        if not kwargs:
-            return saved
-        model = cls(**{**saved.get_config(), **kwargs})
-        transfer_weights(saved, model)
-        return model
 
     def adapt_weight(self, variable, value, source):
         # A shorter context keeps the first rows of the position table.

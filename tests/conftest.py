@@ -31,6 +31,18 @@ def pytest_configure(config):
         )
 
 
+def pytest_collection_modifyitems(config, items):
+    backend = config.getoption("--backend")
+    if backend in (None, "tensorflow"):
+        return
+    kept, once = [], []
+    for item in items:
+        (once if item.get_closest_marker("backend_independent") else kept).append(item)
+    if once:
+        config.hook.pytest_deselected(items=once)
+        items[:] = kept
+
+
 @pytest.fixture(autouse=True)
 def _reset_keras_state():
     """Every test starts with float32, no distribution and fixed seeds."""

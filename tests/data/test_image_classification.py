@@ -26,6 +26,7 @@ def _arrays(n=12, size=20, seed=0):
     return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), np.arange(n) % 3
 
 
+@pytest.mark.backend_independent
 def test_eval_arrays_keep_order_labels_and_pixels():
     images, labels = _arrays(10, size=16)
     dataset = dataset_from_arrays(images, labels, training=False, image_size=16, batch_size=4)
@@ -39,6 +40,7 @@ def test_eval_arrays_keep_order_labels_and_pixels():
     np.testing.assert_allclose(x, images.astype("float32"), atol=1e-3)
 
 
+@pytest.mark.backend_independent
 def test_eval_resizes_and_center_crops_non_square_images():
     images = np.zeros((2, 30, 60, 3), np.uint8)
     images[:, :, 15:45] = 255  # the centre square is white, the sides black
@@ -48,6 +50,7 @@ def test_eval_resizes_and_center_crops_non_square_images():
     assert x[:, :, 1:-1].min() > 250  # the centre crop holds the white square only
 
 
+@pytest.mark.backend_independent
 def test_grayscale_arrays_become_rgb():
     images = np.full((4, 16, 16, 1), 100, np.uint8)
     x, _ = _batches(dataset_from_arrays(images, [0, 1, 2, 3], training=False, image_size=8,
@@ -73,6 +76,7 @@ def test_training_batches_shapes_ranges_and_shuffle(train_crop):
     assert not np.array_equal(order, labels)
 
 
+@pytest.mark.backend_independent
 def test_shuffle_and_crops_are_reproducible_with_a_seed():
     images, labels = _arrays(32)
     labels = np.arange(32)
@@ -93,6 +97,7 @@ def test_shuffle_and_crops_are_reproducible_with_a_seed():
     assert not np.array_equal(epoch1, epoch2)
 
 
+@pytest.mark.backend_independent
 def test_mixup_gives_one_hot_mixed_labels_in_range():
     images, labels = _arrays(32)
     dataset = dataset_from_arrays(images, labels, training=True, image_size=16, batch_size=16,
@@ -104,6 +109,7 @@ def test_mixup_gives_one_hot_mixed_labels_in_range():
     assert x.min() >= 0 and x.max() <= 255
 
 
+@pytest.mark.backend_independent
 def test_cutmix_and_mixup_together():
     images, labels = _arrays(32)
     dataset = dataset_from_arrays(images, labels, training=True, image_size=16, batch_size=16,
@@ -117,6 +123,7 @@ def test_cutmix_and_mixup_together():
 # Keras 3's RandAugment takes ~25 s to trace in tf.data on the JAX backend: its
 # Equalization layer unrolls a 256-bin loop when the *global* backend is JAX.
 @pytest.mark.slow
+@pytest.mark.backend_independent
 def test_rand_augment_changes_images_within_range():
     images, labels = _arrays(16, size=16)
     plain = dataset_from_arrays(images, labels, training=True, image_size=16, batch_size=16,
@@ -130,6 +137,7 @@ def test_rand_augment_changes_images_within_range():
     assert np.abs(x1 - x0).mean() > 1.0, "RandAugment left the images unchanged"
 
 
+@pytest.mark.backend_independent
 def test_one_hot_evaluation_labels():
     images, labels = _arrays(6)
     dataset = dataset_from_arrays(images, labels, training=False, image_size=16, batch_size=6,
@@ -138,6 +146,7 @@ def test_one_hot_evaluation_labels():
     np.testing.assert_array_equal(y, np.eye(3, dtype="float32")[labels])
 
 
+@pytest.mark.backend_independent
 def test_shards_are_disjoint_and_cover_the_data():
     images = np.zeros((23, 8, 8, 3), np.uint8)
     ids = np.arange(23)
@@ -172,6 +181,7 @@ def _write_image_folder(root, corrupt=()):
         (root / relative).write_bytes(b"\x89PNG\r\n\x1a\n this is not a real image")
 
 
+@pytest.mark.backend_independent
 def test_directory_labels_follow_sorted_folder_names(tmp_path):
     _write_image_folder(tmp_path)
     paths, labels, class_names = list_image_files(tmp_path)
@@ -188,6 +198,7 @@ def test_directory_labels_follow_sorted_folder_names(tmp_path):
     np.testing.assert_array_equal(y, (brightness < 128).astype(int))
 
 
+@pytest.mark.backend_independent
 def test_corrupt_file_is_skipped_counted_and_named(tmp_path, caplog):
     _write_image_folder(tmp_path, corrupt=["dark/3.jpg", "bright/broken.png"])
     report = BadFileReport()
@@ -205,6 +216,7 @@ def test_corrupt_file_is_skipped_counted_and_named(tmp_path, caplog):
     assert report.to_dict()["count"] == 2
 
 
+@pytest.mark.backend_independent
 def test_bad_files_raise_names_the_file(tmp_path):
     _write_image_folder(tmp_path, corrupt=["dark/3.jpg"])
     paths, labels, _ = list_image_files(tmp_path)
@@ -226,6 +238,7 @@ def test_load_classification_data_shapes():
     assert sum(len(y) for _, y in val) == 20 and data.bad_files.count == 0
 
 
+@pytest.mark.backend_independent
 def test_load_classification_data_mixup_makes_both_splits_one_hot():
     train, validation, _ = load_classification_data("shapes:60", image_size=16, batch_size=8,
                                                     mixup_alpha=0.2)
@@ -233,6 +246,7 @@ def test_load_classification_data_mixup_makes_both_splits_one_hot():
     assert _batches(validation)[0][1].shape[-1] == 6
 
 
+@pytest.mark.backend_independent
 def test_load_classification_data_directory(tmp_path):
     _write_image_folder(tmp_path / "all", corrupt=["dark/0.jpg"])
     data = load_classification_data(f"dir:{tmp_path / 'all'}", image_size=16, batch_size=2,
@@ -248,6 +262,7 @@ def test_load_classification_data_directory(tmp_path):
     assert (data.num_train, data.num_validation) == (14, 14)
 
 
+@pytest.mark.backend_independent
 def test_tfds_missing_raises_import_error_naming_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
     with pytest.raises(ImportError, match="pip install tensorflow-datasets"):
@@ -270,12 +285,14 @@ def test_tfds_missing_raises_import_error_naming_the_package(monkeypatch):
         (dict(image_size=16, rand_augment=2.0), "rand_augment"),
     ],
 )
+@pytest.mark.backend_independent
 def test_bad_pipeline_arguments(kwargs, name):
     images, labels = _arrays(4)
     with pytest.raises(ValueError, match=name):
         dataset_from_arrays(images, labels, training=True, **kwargs)
 
 
+@pytest.mark.backend_independent
 def test_bad_array_arguments():
     images, labels = _arrays(4)
     with pytest.raises(ValueError, match="same length"):
@@ -288,6 +305,7 @@ def test_bad_array_arguments():
         dataset_from_arrays(images, labels, training=True, image_size=8, num_classes=2)
 
 
+@pytest.mark.backend_independent
 def test_bad_directory_and_spec_arguments(tmp_path):
     with pytest.raises(ValueError, match="directory"):
         list_image_files(tmp_path / "missing")

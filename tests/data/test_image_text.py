@@ -69,6 +69,7 @@ def _check_pairs(batches, captions_of):
 # --- Reading pairs files -------------------------------------------------------------------
 
 
+@pytest.mark.backend_independent
 def test_csv_quoting_unicode_and_image_root(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_text(
@@ -88,6 +89,7 @@ def test_csv_quoting_unicode_and_image_root(tmp_path):
     assert paths[0] == str(tmp_path / "a.png")
 
 
+@pytest.mark.backend_independent
 def test_csv_other_columns_and_delimiter(tmp_path):
     path = tmp_path / "pairs.tsv"
     path.write_text("text\tfile\na, b and c\tx.jpg\n")
@@ -111,6 +113,7 @@ def test_csv_other_columns_and_delimiter(tmp_path):
         ('image,caption\na.png,"ok" x\n', r"line 2: malformed CSV"),
     ],
 )
+@pytest.mark.backend_independent
 def test_csv_errors_name_the_file_and_line(tmp_path, text, match):
     path = tmp_path / "bad.csv"
     path.write_text(text)
@@ -119,6 +122,7 @@ def test_csv_errors_name_the_file_and_line(tmp_path, text, match):
     assert "bad.csv" in str(info.value)
 
 
+@pytest.mark.backend_independent
 def test_jsonl_single_and_several_captions(tmp_path):
     path = tmp_path / "pairs.jsonl"
     records = [
@@ -147,6 +151,7 @@ def test_jsonl_single_and_several_captions(tmp_path):
         ('{"image": 7, "caption": "x"}', r"line 2: 'image' must be a path string"),
     ],
 )
+@pytest.mark.backend_independent
 def test_jsonl_errors_name_the_file_and_line(tmp_path, line, match):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"image": "ok.png", "caption": "fine"}\n' + line + "\n")
@@ -155,6 +160,7 @@ def test_jsonl_errors_name_the_file_and_line(tmp_path, line, match):
     assert "bad.jsonl" in str(info.value)
 
 
+@pytest.mark.backend_independent
 def test_group_captions_keeps_first_appearance_order():
     paths, captions = group_captions(["b", "a", "b", "a"], ["1", ["2", "3"], "4", "5"])
     assert paths == ["b", "a"] and captions == [["1", "4"], ["2", "3", "5"]]
@@ -163,6 +169,7 @@ def test_group_captions_keeps_first_appearance_order():
 # --- dataset_from_pairs --------------------------------------------------------------------
 
 
+@pytest.mark.backend_independent
 def test_element_spec_and_pairs_stay_together_through_shuffle_and_crops():
     images = _level_images(20)
     captions = [f"caption number {i}" for i in range(20)]
@@ -181,6 +188,7 @@ def test_element_spec_and_pairs_stay_together_through_shuffle_and_crops():
     assert x.min() >= 0 and x.max() <= 255
 
 
+@pytest.mark.backend_independent
 def test_evaluation_keeps_order_remainder_and_pixels():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
@@ -193,6 +201,7 @@ def test_evaluation_keeps_order_remainder_and_pixels():
     np.testing.assert_array_equal(_concat(batches, "token_ids"), _token_ids(captions))
 
 
+@pytest.mark.backend_independent
 def test_grayscale_and_non_square_images_become_square_rgb():
     images = np.full((3, 20, 30, 1), 100, np.uint8)
     batch = _batches(dataset_from_pairs(images, ["a"] * 3, TOKENIZER, image_size=10,
@@ -201,6 +210,7 @@ def test_grayscale_and_non_square_images_become_square_rgb():
     np.testing.assert_allclose(batch["images"], 100.0, atol=1e-3)
 
 
+@pytest.mark.backend_independent
 def test_seed_makes_epochs_reproducible():
     images = _level_images(16)
     captions = [[f"first {i}", f"second {i}", f"third {i}"] for i in range(16)]
@@ -220,6 +230,7 @@ def test_seed_makes_epochs_reproducible():
     assert not np.array_equal(e1["token_ids"], e2["token_ids"])
 
 
+@pytest.mark.backend_independent
 def test_several_captions_per_image_sample_first_and_flatten():
     images = _level_images(6)
     captions = [[f"a {i}", f"b {i}", f"c {i}"] if i % 2 else f"only {i}" for i in range(6)]
@@ -258,6 +269,7 @@ def _write_pngs(folder, levels):
     return names
 
 
+@pytest.mark.backend_independent
 def test_corrupt_and_missing_files_are_skipped_counted_and_named(tmp_path, caplog):
     names = _write_pngs(tmp_path, [10 * i + 5 for i in range(6)])
     (tmp_path / "img2.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
@@ -276,6 +288,7 @@ def test_corrupt_and_missing_files_are_skipped_counted_and_named(tmp_path, caplo
     assert "img2.png" in caplog.text and "missing.jpg" in caplog.text
 
 
+@pytest.mark.backend_independent
 def test_bad_files_raise_names_the_file(tmp_path):
     names = _write_pngs(tmp_path, [50, 60])
     paths = [str(tmp_path / n) for n in names] + [str(tmp_path / "gone.png")]
@@ -285,6 +298,7 @@ def test_bad_files_raise_names_the_file(tmp_path):
         _batches(dataset)
 
 
+@pytest.mark.backend_independent
 def test_shards_split_images_disjointly():
     images = _level_images(9)
     captions = [f"c {i}" for i in range(9)]
@@ -309,12 +323,14 @@ def test_shards_split_images_disjointly():
         (dict(tokenizer=lambda s: tf.strings.split(s)), ValueError, "dense token ids"),
     ],
 )
+@pytest.mark.backend_independent
 def test_bad_pipeline_arguments(kwargs, error, match):
     kwargs = {"tokenizer": TOKENIZER, "image_size": 8, **kwargs}
     with pytest.raises(error, match=match):
         dataset_from_pairs(_level_images(4), ["a"] * 4, **kwargs)
 
 
+@pytest.mark.backend_independent
 def test_bad_pair_arguments():
     images = _level_images(3)
     with pytest.raises(ValueError, match="same length"):
@@ -374,6 +390,7 @@ def test_shapes_default_split_labels_and_captions():
     assert other.validation_captions != data.validation_captions
 
 
+@pytest.mark.backend_independent
 def test_load_pair_data_from_csv_splits_by_image_and_reports_bad_files(tmp_path):
     names = _write_pngs(tmp_path / "img", [10 * i + 5 for i in range(10)])
     (tmp_path / "img" / "img4.png").write_bytes(b"broken")
@@ -411,6 +428,7 @@ def test_load_pair_data_from_csv_splits_by_image_and_reports_bad_files(tmp_path)
 
 # Building CLIP's 49,408-token BPE tables takes ~15 s on a shared CPU.
 @pytest.mark.slow
+@pytest.mark.backend_independent
 def test_default_tokenizer_is_clip():
     pytest.importorskip("keras_vtx.models.clip.clip_tokenizer")
     data = load_pair_data("shapes:20", image_size=8, batch_size=4)
@@ -421,12 +439,14 @@ def test_default_tokenizer_is_clip():
     np.testing.assert_array_equal(batch["token_ids"], expected)
 
 
+@pytest.mark.backend_independent
 def test_tfds_missing_raises_import_error_naming_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
     with pytest.raises(ImportError, match="pip install tensorflow-datasets"):
         load_pair_data("tfds:coco_captions", image_size=32, tokenizer=TOKENIZER)
 
 
+@pytest.mark.backend_independent
 def test_bad_load_arguments(tmp_path):
     with pytest.raises(ValueError, match="source"):
         load_pair_data("imagenet", image_size=8, tokenizer=TOKENIZER)

@@ -16,6 +16,7 @@ def _pixel_box(mask):
     return np.array([(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h])
 
 
+@pytest.mark.backend_independent
 def test_same_seed_same_data_other_seed_other_data():
     a = generate_shapes(20, seed=3, max_shapes=3)
     b = generate_shapes(20, seed=3, max_shapes=3)
@@ -27,6 +28,7 @@ def test_same_seed_same_data_other_seed_other_data():
     assert a["captions"] != c["captions"]
 
 
+@pytest.mark.backend_independent
 def test_shapes_and_dtypes():
     data = generate_shapes(10, image_size=24, max_shapes=3)
     assert data["images"].shape == (10, 24, 24, 3) and data["images"].dtype == np.uint8
@@ -37,6 +39,7 @@ def test_shapes_and_dtypes():
     assert data["class_names"] == SHAPE_CLASSES and len(SHAPE_CLASSES) >= 6
 
 
+@pytest.mark.backend_independent
 def test_every_class_appears_and_labels_are_the_first_box():
     data = generate_shapes(600, max_shapes=3, seed=1)
     counts = np.bincount(data["labels"], minlength=len(SHAPE_CLASSES))
@@ -44,6 +47,7 @@ def test_every_class_appears_and_labels_are_the_first_box():
     np.testing.assert_array_equal(data["labels"], data["box_labels"][:, 0])
 
 
+@pytest.mark.backend_independent
 def test_single_shape_boxes_bound_the_drawn_pixels_tightly():
     # Without noise the background is one flat colour, so drawn pixels are exact.
     data = generate_shapes(200, image_size=32, noise=0.0, seed=5)
@@ -52,6 +56,7 @@ def test_single_shape_boxes_bound_the_drawn_pixels_tightly():
         np.testing.assert_allclose(_pixel_box(drawn), box, atol=1e-6)
 
 
+@pytest.mark.backend_independent
 def test_multi_shape_boxes_are_tight_disjoint_and_padded():
     data = generate_shapes(200, image_size=48, min_shapes=2, max_shapes=4, noise=0.0, seed=7)
     palette = np.array(list(COLORS.values()))
@@ -81,6 +86,7 @@ def test_multi_shape_boxes_are_tight_disjoint_and_padded():
     assert seen_counts == {2, 3, 4}
 
 
+@pytest.mark.backend_independent
 def test_captions_describe_each_shape():
     data = generate_shapes(300, max_shapes=3, seed=2)
     pattern = re.compile(
@@ -107,6 +113,7 @@ def test_captions_describe_each_shape():
             assert match.group(1) == expected, (phrase, box)
 
 
+@pytest.mark.backend_independent
 def test_caption_colour_matches_pixels():
     data = generate_shapes(50, noise=0.0, seed=9)
     for image, caption in zip(data["images"], data["captions"]):
@@ -115,6 +122,7 @@ def test_caption_colour_matches_pixels():
         assert drawn.sum() >= 4, caption
 
 
+@pytest.mark.backend_independent
 def test_ten_thousand_images_in_a_few_seconds():
     start = time.perf_counter()
     data = generate_shapes(10_000, seed=0)
@@ -123,6 +131,7 @@ def test_ten_thousand_images_in_a_few_seconds():
     assert elapsed < 10, f"{elapsed:.1f} s"
 
 
+@pytest.mark.backend_independent
 def test_classes_subset_labels_index_it():
     data = generate_shapes(40, classes=("ring", "cross"), seed=0)
     assert data["class_names"] == ("ring", "cross")
@@ -143,6 +152,7 @@ def test_classes_subset_labels_index_it():
         (dict(num_images=2, classes=("circle", "hexagon")), "classes"),
     ],
 )
+@pytest.mark.backend_independent
 def test_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         generate_shapes(**kwargs)

@@ -74,6 +74,7 @@ def _reference_ids(reference, strings, length=77):
     return np.asarray(reference(strings, context_length=length).numpy(), "int32")
 
 
+@pytest.mark.backend_independent
 def test_vocabulary_matches_reference(tokenizer, reference):
     expected = dict(reference.encoder)
     expected[START_TOKEN] = expected.pop("<start_of_text>")
@@ -93,6 +94,7 @@ def test_eager_ids_match_reference(tokenizer, reference):
         np.testing.assert_array_equal(got, want, err_msg=repr(text))
 
 
+@pytest.mark.backend_independent
 def test_in_graph_ids_match_reference(tokenizer, reference):
     """tf.data.Dataset.map, batched: no Python, no ftfy, same ids."""
     dataset = tf.data.Dataset.from_tensor_slices(STRINGS).batch(4).map(tokenizer)
@@ -105,6 +107,7 @@ def test_in_graph_ids_match_reference(tokenizer, reference):
         np.testing.assert_array_equal(got, want, err_msg=repr(text))
 
 
+@pytest.mark.backend_independent
 def test_unbatched_in_graph_and_tf_tensor_inputs(tokenizer, reference):
     dataset = tf.data.Dataset.from_tensor_slices(STRINGS[:4]).map(tokenizer)
     element_spec = dataset.element_spec
@@ -117,6 +120,7 @@ def test_unbatched_in_graph_and_tf_tensor_inputs(tokenizer, reference):
     np.testing.assert_array_equal(to_numpy(tokenizer(np.array(STRINGS[:4]))), expected)
 
 
+@pytest.mark.backend_independent
 def test_mojibake_repair_is_eager_only(tokenizer, reference):
     """ftfy's mojibake repair has no in-graph equivalent (documented)."""
     text = "sÃ³lo dÃ­as"
@@ -126,6 +130,7 @@ def test_mojibake_repair_is_eager_only(tokenizer, reference):
     assert not np.array_equal(in_graph, expected)
 
 
+@pytest.mark.backend_independent
 def test_truncation_keeps_end_token(tokenizer, reference):
     text = "a very long caption " * 50
     ids = to_numpy(tokenizer(text))
@@ -138,6 +143,7 @@ def test_truncation_keeps_end_token(tokenizer, reference):
                                   [49406, 49407])
 
 
+@pytest.mark.backend_independent
 def test_padding(tokenizer):
     ids = to_numpy(tokenizer(["cat", ""]))
     np.testing.assert_array_equal(ids[0, :3], [49406, 2368, 49407])
@@ -145,6 +151,7 @@ def test_padding(tokenizer):
     assert not ids[0, 3:].any() and not ids[1, 2:].any()
 
 
+@pytest.mark.backend_independent
 def test_detokenize(tokenizer):
     assert tokenizer.detokenize(tokenizer("A Photo of 2 cats!")) == "a photo of 2 cats !"
     assert tokenizer.detokenize(tokenizer(["Héllo wörld 😀", ""])) == ["héllo wörld 😀", ""]
@@ -163,6 +170,7 @@ def _write_vocab_and_merges(tokenizer, path):
 TEXTS = ["A photo of a cat.", "naïve café", "emoji 😀", "12 apples, isn't it?"]
 
 
+@pytest.mark.backend_independent
 def test_from_vocab_json_and_merges_txt_dir(tokenizer, reference, tmp_path):
     """The layout of the Hugging Face Hub's openai/clip-vit-* repositories."""
     directory = _write_vocab_and_merges(tokenizer, tmp_path / "hub")
@@ -171,6 +179,7 @@ def test_from_vocab_json_and_merges_txt_dir(tokenizer, reference, tmp_path):
     np.testing.assert_array_equal(to_numpy(loaded(TEXTS)), _reference_ids(reference, TEXTS, 16))
 
 
+@pytest.mark.backend_independent
 def test_from_transformers_save_pretrained_dir(tokenizer, reference, tmp_path):
     transformers = pytest.importorskip("transformers")
     source = _write_vocab_and_merges(tokenizer, tmp_path / "source")
@@ -188,6 +197,7 @@ def test_from_transformers_save_pretrained_dir(tokenizer, reference, tmp_path):
     np.testing.assert_array_equal(ids[0, : end + 1], hf_ids[: end + 1])
 
 
+@pytest.mark.backend_independent
 def test_from_preset_names(tokenizer):
     loaded = CLIPTokenizer.from_preset("clip_vit_base_patch32")
     np.testing.assert_array_equal(to_numpy(loaded("a cat")), to_numpy(tokenizer("a cat")))
@@ -199,11 +209,13 @@ def test_from_preset_names(tokenizer):
         CLIPTokenizer.from_preset(3)
 
 
+@pytest.mark.backend_independent
 def test_from_preset_bad_directory(tmp_path):
     with pytest.raises(ValueError, match="vocab.json"):
         CLIPTokenizer.from_preset(str(tmp_path))
 
 
+@pytest.mark.backend_independent
 def test_custom_merges_build_the_vocabulary(tokenizer):
     custom = CLIPTokenizer(merges=MERGES_FILE, sequence_length=8)
     assert dict(custom.vocabulary) == dict(tokenizer.vocabulary)
@@ -213,6 +225,7 @@ def test_custom_merges_build_the_vocabulary(tokenizer):
     np.testing.assert_array_equal(to_numpy(small("cat")), [514, 513, 515, 0, 0, 0])
 
 
+@pytest.mark.backend_independent
 def test_bad_inputs(tokenizer):
     with pytest.raises(TypeError, match="inputs"):
         tokenizer(3)
@@ -232,6 +245,7 @@ def test_bad_inputs(tokenizer):
         CLIPTokenizer(vocabulary={"a": 0, "b": 1, "ab": 2, START_TOKEN: 3}, merges=["a b"])
 
 
+@pytest.mark.backend_independent
 def test_get_config_round_trip(tokenizer):
     custom = CLIPTokenizer(sequence_length=12, merges=MERGES_FILE, name="text_tokenizer")
     config = custom.get_config()

@@ -1,9 +1,10 @@
-"""Analysis tools: linear probes of frozen features.
+"""Analysis tools: linear probes of frozen features, detections drawn on images.
 
 Imports without TensorFlow; a `tf.data.Dataset` given to `extract_features` is
 read through its NumPy iterator.
 """
 
+from keras_vtx.analysis.draw_detections import draw_detections
 from keras_vtx.analysis.linear_probe import (
     LinearProbe,
     extract_features,
@@ -11,4 +12,10 @@ from keras_vtx.analysis.linear_probe import (
     sweep_regularization,
 )
 
-__all__ = ["LinearProbe", "extract_features", "probe_layers", "sweep_regularization"]
+__all__ = [
+    "LinearProbe",
+    "draw_detections",
+    "extract_features",
+    "probe_layers",
+    "sweep_regularization",
+]

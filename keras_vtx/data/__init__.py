@@ -7,6 +7,14 @@ feed `model.fit()` on every Keras backend.
 
 from keras_vtx.data.bad_file_report import BadFileReport
 from keras_vtx.data.classification_data import ClassificationData
+from keras_vtx.data.coco_detection import (
+    DEFAULT_SHAPES_DETECTION_IMAGES,
+    DetectionInfo,
+    coco_detection_dataset,
+    load_detection_data,
+    read_coco_annotations,
+    validate_detection_targets,
+)
 from keras_vtx.data.image_classification import (
     DEFAULT_SHAPES_IMAGES,
     IMAGE_EXTENSIONS,
@@ -26,26 +34,39 @@ from keras_vtx.data.image_text import (
     read_pairs,
 )
 from keras_vtx.data.image_text_data import ImageTextData
-from keras_vtx.data.shapes import SHAPE_CLASSES, generate_shapes
+from keras_vtx.data.shapes import (
+    SHAPE_CLASSES,
+    export_shapes_coco,
+    generate_shapes,
+    shapes_to_coco,
+)
 
 __all__ = [
     "BadFileReport",
     "ClassificationData",
+    "DEFAULT_SHAPES_DETECTION_IMAGES",
     "DEFAULT_SHAPES_IMAGES",
+    "DetectionInfo",
     "IMAGE_EXTENSIONS",
     "ImageTextData",
     "SHAPE_CLASSES",
+    "coco_detection_dataset",
     "dataset_from_arrays",
     "dataset_from_directory",
     "dataset_from_files",
     "dataset_from_pairs",
     "dataset_from_tfds",
+    "export_shapes_coco",
     "generate_shapes",
     "group_captions",
     "list_image_files",
     "load_classification_data",
+    "load_detection_data",
     "load_pair_data",
     "pairs_from_csv",
     "pairs_from_jsonl",
+    "read_coco_annotations",
     "read_pairs",
+    "shapes_to_coco",
+    "validate_detection_targets",
 ]

@@ -20,11 +20,15 @@ def load_transformers_checkpoint(path, cls, **kwargs):
         from keras_vtx.convert.clip import load_clip
 
         return load_clip(path, config, cls, **kwargs)
+    if model_type == "resnet":
+        from keras_vtx.convert.resnet import load_resnet
+
+        return load_resnet(path, config, cls, **kwargs)
     if model_type == "detr":
         from keras_vtx.convert.detr import load_detr
 
         return load_detr(path, config, cls, **kwargs)
     raise ValueError(
         f"Cannot convert a transformers checkpoint of model_type {model_type!r} "
-        f"(from {path!r}) to {cls.__name__}; supported: 'vit', 'clip', 'detr'."
+        f"(from {path!r}) to {cls.__name__}; supported: 'vit', 'clip', 'detr', 'resnet'."
     )

@@ -46,6 +46,21 @@ SCRIPT = textwrap.dedent(
     model = ViTClassifier(backbone, num_classes=3, head_initializer="glorot_uniform")
     logits = keras.ops.convert_to_numpy(model(np.zeros((2, 16, 16, 3), "float32")))
     assert logits.shape == (2, 3) and np.all(np.isfinite(logits)), logits
+
+    # DETR, its set loss and the in-graph matcher (the scipy one in the loss: eager JAX
+    # recompiles the in-graph solver's loops on every call).
+    from keras_vtx.losses import HungarianLoss
+    from keras_vtx.models import DETR
+    from keras_vtx.ops import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(np.array([[4.0, 1.0, 3.0], [2.0, 0.0, 5.0]]))
+    assert keras.ops.convert_to_numpy(cols).tolist() == [1, 0], cols
+    detr = DETR.from_preset("detr_tiny_test")
+    outputs = detr(np.zeros((2, 32, 32, 3), "float32"))
+    targets = {"boxes": np.array([[[0.5, 0.5, 0.2, 0.2]], [[0.0, 0.0, 0.0, 0.0]]], "float32"),
+               "labels": np.array([[1], [-1]], "int32")}
+    loss = float(keras.ops.convert_to_numpy(HungarianLoss(matcher="scipy")(targets, outputs)))
+    assert np.isfinite(loss) and loss > 0, loss
     loaded = [m for m in sys.modules if m.startswith("tensorflow.")]
     assert sys.modules["tensorflow"] is None and not loaded, loaded
     print("OK")

@@ -2,6 +2,7 @@
 
 from keras_vtx.models.backbone import Backbone
 from keras_vtx.models.clip import CLIP, CLIPTextEncoder, ZeroShotClassifier
+from keras_vtx.models.detr import DETR, ResNetBackbone, ScaledAdamW, post_process_detections
 from keras_vtx.models.presets import (
     get_preset,
     list_presets,
@@ -16,12 +17,16 @@ __all__ = [
     "CLIP",
     "CLIPTextEncoder",
     "CLIPTokenizer",
+    "DETR",
+    "ResNetBackbone",
+    "ScaledAdamW",
     "Task",
     "ViTBackbone",
     "ViTClassifier",
     "ZeroShotClassifier",
     "get_preset",
     "list_presets",
+    "post_process_detections",
     "register_preset",
     "unregister_preset",
     "vit_config",

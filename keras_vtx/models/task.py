@@ -8,19 +8,17 @@ from keras_vtx.models import presets
 from keras_vtx.models.backbone import load_saved_preset, transfer_weights
 
 
-class Task(keras.Model):
-    """Base class of task models: a `backbone` and a head, built functionally.
+class TaskPresets:
+    """Preset handling of task models (`from_preset`, `save_to_preset`, overrides).
 
-    Subclasses set `backbone_cls`, build their graph in `__init__`, store every
-    argument, and may override `compile()` with their defaults.
+    A plain mixin, not a `keras.Model`: Keras turns the base classes of a
+    functional subclass into `Functional` subclasses the first time one is built
+    (`inject_functional_model_class`), so a subclassed task (`DETR`) must not
+    share a Keras base class with the functional ones (`ViTClassifier`); it
+    combines this mixin with `keras.Model` instead of deriving from `Task`.
     """
 
     backbone_cls = None
-
-    def __call__(self, *args, **kwargs):
-        if args:
-            self.backbone.validate_inputs(args[0])
-        return super().__call__(*args, **kwargs)
 
     @classmethod
     def from_config(cls, config):
@@ -105,6 +103,19 @@ class Task(keras.Model):
     def save_to_preset(self, path):
         """Writes the config and weights to the directory `path` (reload with `from_preset`)."""
         presets.save_preset(self, path)
+
+
+class Task(TaskPresets, keras.Model):
+    """Base class of task models: a `backbone` and a head, built functionally.
+
+    Subclasses set `backbone_cls`, build their graph in `__init__`, store every
+    argument, and may override `compile()` with their defaults.
+    """
+
+    def __call__(self, *args, **kwargs):
+        if args:
+            self.backbone.validate_inputs(args[0])
+        return super().__call__(*args, **kwargs)
 
 
 def _forget_class_names(config, task_kwargs):

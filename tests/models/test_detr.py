@@ -1,0 +1,283 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_vtx.models import get_preset, list_presets
+from keras_vtx.models.detr import (
+    DETR,
+    ResNetBackbone,
+    ScaledAdamW,
+    downsample_mask,
+    post_process_detections,
+    step_decay_schedule,
+)
+from keras_vtx.models.detr.detr_presets import PARAMETER_COUNTS
+from tests.test_case import (
+    BACKEND,
+    assert_allclose,
+    assert_keras_save_load,
+    gradients,
+    to_numpy,
+)
+
+TINY_BACKBONE = dict(stage_filters=(2, 4, 4, 8), blocks_per_stage=(1, 1, 1, 1), stem_filters=8)
+
+
+def _model(**kwargs):
+    backbone = ResNetBackbone(**{**TINY_BACKBONE, **kwargs.pop("backbone", {})})
+    args = dict(num_classes=3, num_queries=5, hidden_dim=16, num_heads=2, num_encoder_layers=1,
+                num_decoder_layers=2, mlp_dim=32, dropout=0.0, attention_dropout=0.0)
+    return DETR(backbone, **{**args, **kwargs})
+
+
+def _inputs(batch=2, size=(64, 48), seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, *size, 3)).astype("float32")
+    mask = np.ones((batch, *size), "int32")
+    mask[-1, size[0] // 2 - 4:] = 0  # the last image is padded at the bottom
+    images[-1][mask[-1] == 0] = 0.0
+    return {"images": images, "pixel_mask": mask}
+
+
+def _targets(batch=2, max_boxes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    boxes = np.zeros((batch, max_boxes, 4), "float32")
+    labels = np.full((batch, max_boxes), -1, "int32")
+    for i in range(batch - 1):  # the last image has no boxes
+        n = 1 + i % max_boxes
+        boxes[i, :n, :2] = rng.uniform(0.3, 0.7, (n, 2))
+        boxes[i, :n, 2:] = rng.uniform(0.1, 0.4, (n, 2))
+        labels[i, :n] = rng.integers(0, 3, n)
+    return {"boxes": boxes, "labels": labels, "image_id": np.arange(batch, dtype="int64"),
+            "orig_size": np.full((batch, 2), 64, "int32"),
+            "size": np.full((batch, 2), 64, "int32")}
+
+
+# In DETR the first decoder layer's self-attention sees queries that are all zero
+# (the target starts at zeros): its attention is uniform whatever the query and key
+# projections, which therefore get no gradient, in facebookresearch/detr as here.
+DEGENERATE = {f"decoder_block_0/self_attention/{w}" for w in
+              ("query/kernel", "query/bias", "key/kernel", "key/bias", "value/kernel")}
+
+
+@pytest.fixture(scope="module")
+def model():
+    # Shared by the tests that do not train it: building is the slow part of eager JAX.
+    model = _model()
+    for v in model.weights:
+        if v.path.endswith("bias"):  # non-zero biases, so every weight has an effect
+            v.assign(np.random.default_rng(0).normal(0, 0.1, v.shape).astype("float32"))
+    return model
+
+
+def test_outputs_mask_and_bare_images(model):
+    x = _inputs()
+    out = model(x)
+    assert sorted(out) == ["aux_outputs", "boxes", "logits"]
+    assert tuple(out["logits"].shape) == (2, 5, 4) and tuple(out["boxes"].shape) == (2, 5, 4)
+    assert len(out["aux_outputs"]) == 1
+    for leaf in keras.tree.flatten(out):
+        assert keras.backend.standardize_dtype(leaf.dtype) == "float32"
+    boxes = to_numpy(out["boxes"])
+    assert np.all((boxes > 0) & (boxes < 1))
+    # A bare tensor is an unpadded batch: the same as an all-ones mask.
+    ones = {"images": x["images"], "pixel_mask": np.ones_like(x["pixel_mask"])}
+    assert_allclose(model(x["images"])["logits"], model(ones)["logits"], atol=1e-6)
+    # The mask reaches the transformer: the padded image's predictions change.
+    assert np.abs(to_numpy(model(ones)["logits"])[1] - to_numpy(out["logits"])[1]).max() > 1e-4
+    assert_allclose(to_numpy(model(ones)["logits"])[0], to_numpy(out["logits"])[0], atol=1e-5)
+    no_aux = _model(aux_loss=False)
+    assert sorted(no_aux(x)) == ["boxes", "logits"]
+
+
+@pytest.mark.parametrize("sizes", [((64, 48), (2, 2)), ((65, 33), (3, 2)), ((100, 7), (4, 1)),
+                                   ((37, 91), (3, 3)), ((800, 1216), (25, 38))])
+def test_downsample_mask_matches_torch_nearest(sizes):
+    torch = pytest.importorskip("torch")
+    (height, width), out_size = sizes
+    rng = np.random.default_rng(height)
+    mask = rng.random((2, height, width)) > 0.5
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(mask)[None].float(), size=out_size).bool()[0].numpy()
+    np.testing.assert_array_equal(to_numpy(downsample_mask(mask, *out_size)), expected)
+
+
+def test_round_trips(tmp_path):
+    model = _model(class_names=("a", "b", "c"))
+    x = _inputs()
+    config = model.get_config()
+    clone = DETR.from_config(config)
+    assert clone.get_config() == config
+    loaded = assert_keras_save_load(model, x, tmp_path, atol=1e-6)
+    assert loaded.class_names == ("a", "b", "c")
+    model.save_to_preset(str(tmp_path / "preset"))
+    restored = DETR.from_preset(str(tmp_path / "preset"))
+    assert_allclose(restored(x)["logits"], model(x)["logits"], atol=1e-6)
+    # Overrides keep every weight that still fits (here all but the class head).
+    more = DETR.from_preset(str(tmp_path / "preset"), num_classes=6)
+    assert tuple(more(x)["logits"].shape) == (2, 5, 7)
+    assert_allclose(more(x)["boxes"], model(x)["boxes"], atol=1e-6)
+
+
+def test_gradients_reach_backbone_transformer_and_heads(model):
+    trainable = {v.path for v in model.trainable_variables}
+    # DETR trains ResNet stages 2-4 only (frozen_stages=1); batch norm is frozen.
+    assert not any(p.startswith(("stem_", "stage1_")) for p in trainable)
+    assert any(p.startswith("stage2_") for p in trainable)
+    assert not any("norm" in p and p.startswith("stage") for p in trainable)
+    grads = gradients(model, _inputs())
+    bad = [v.path for v, g in zip(model.trainable_variables, grads)
+           if v.path not in DEGENERATE and (g is None or not np.any(g != 0)
+                                             or not np.all(np.isfinite(g)))]
+    assert not bad, f"No gradient reaches {bad}"
+
+
+@pytest.mark.slow  # an XLA compile of model + matcher: ~40 s on 2 CPU cores
+def test_fit_compiles_the_matcher_into_the_train_step():
+    model = _model()
+    model.compile()
+    # "auto": in the compiled step on TensorFlow and JAX, scipy on eager PyTorch.
+    assert model.loss.resolved_matcher == ("scipy" if BACKEND == "torch" else "graph")
+    assert isinstance(model.optimizer, ScaledAdamW)
+    backbone_var = model.backbone.trainable_variables[0]
+    assert model.optimizer.learning_rate_multiplier(backbone_var) == pytest.approx(0.1)
+    assert model.optimizer.learning_rate_multiplier(model.object_queries) == 1.0
+    if BACKEND in ("tensorflow", "jax"):
+        assert model.jit_compile
+    x, y = _inputs(), _targets()
+    before = [to_numpy(v) for v in model.trainable_variables]
+    history = model.fit(x, y, batch_size=2, epochs=2, verbose=0)
+    losses = history.history["loss"]
+    assert len(losses) == 2 and np.all(np.isfinite(losses))
+    unchanged = [v.path for b, v in zip(before, model.trainable_variables)
+                 if np.all(b == to_numpy(v)) and v.path not in DEGENERATE]
+    assert not unchanged
+    expected = model.loss(y, model(x))
+    assert np.isfinite(float(to_numpy(expected)))
+
+
+def test_scaled_adamw_matches_a_parameter_group():
+    grads = [np.array([0.5, -2.0], "float32"), np.array([1.0, 3.0], "float32")]
+    results = {}
+    for name, multiplier in (("scaled", 0.1), ("plain", 1.0)):
+        fast, slow = keras.Variable([1.0, 2.0]), keras.Variable([-1.0, 0.5])
+        opt = ScaledAdamW(learning_rate=0.01, weight_decay=0.1)
+        opt.set_learning_rate_multiplier(multiplier, [slow])
+        for _ in range(3):
+            opt.apply([keras.ops.convert_to_tensor(g) for g in grads], [fast, slow])
+        results[name] = (to_numpy(fast), to_numpy(slow))
+    # A separate AdamW at a tenth of the rate gives the scaled variable's values.
+    slow = keras.Variable([-1.0, 0.5])
+    reference = keras.optimizers.AdamW(learning_rate=0.001, weight_decay=0.1)
+    for _ in range(3):
+        reference.apply([keras.ops.convert_to_tensor(grads[1])], [slow])
+    assert_allclose(results["scaled"][1], to_numpy(slow), atol=1e-7)
+    assert_allclose(results["scaled"][0], results["plain"][0], atol=1e-7)
+    by_name = ScaledAdamW(learning_rate_multipliers={"^stage": 0.5})
+    assert ScaledAdamW.from_config(by_name.get_config()).learning_rate_multipliers == {
+        "^stage": 0.5}
+    schedule = step_decay_schedule(1e-4, drop_steps=5)
+    assert float(schedule(5)) == pytest.approx(1e-4) and float(schedule(6)) == pytest.approx(1e-5)
+
+
+def test_post_processing_and_predict_detections(model):
+    logits = np.zeros((2, 3, 3), "float32")
+    logits[0, 0, 1], logits[0, 1, 0], logits[0, 2, 2] = 5.0, 3.0, 9.0  # query 2: no object
+    boxes = np.tile(np.array([0.5, 0.5, 0.5, 0.25], "float32"), (2, 3, 1))
+    out = post_process_detections({"logits": logits, "boxes": boxes}, [[100, 200], [10, 20]],
+                                  threshold=0.5)
+    assert out[0]["labels"].tolist() == [1, 0]
+    assert np.all(np.diff(out[0]["scores"]) <= 0) and np.all(out[0]["scores"] > 0.5)
+    assert_allclose(out[0]["boxes"][0], [50.0, 37.5, 150.0, 62.5])
+    probs = np.exp(logits[0, 0]) / np.exp(logits[0, 0]).sum()
+    assert out[0]["scores"][0] == pytest.approx(probs[1], rel=1e-6)
+    assert len(out[1]["scores"]) == 0  # uniform logits: 1/3 for each class, below 0.5
+    top = post_process_detections({"logits": logits, "boxes": boxes}, [[1, 1], [1, 1]], top_k=1)
+    assert [t["labels"].tolist() for t in top] == [[1], [0]]
+    x = _inputs()
+    detections = model.predict_detections(x, top_k=3)
+    assert len(detections) == 2 and all(len(d["scores"]) == 3 for d in detections)
+    # Boxes are scaled to each image's unpadded size, read from the mask.
+    height = x["pixel_mask"][1].any(1).sum()
+    expected = post_process_detections(model.predict(x, verbose=0), [[64, 48], [height, 48]],
+                                       top_k=3)
+    assert_allclose(detections[1]["boxes"], expected[1]["boxes"], atol=1e-4)
+    with pytest.raises(ValueError, match="image_sizes"):
+        post_process_detections({"logits": logits, "boxes": boxes}, [[1, 2]])
+
+
+def test_bad_inputs(model):
+    x = _inputs()
+    with pytest.raises(ValueError, match="pad images"):
+        model([x["images"][0], x["images"][1, :40]])
+    with pytest.raises(ValueError, match="pad images"):
+        model({"images": [x["images"][0], x["images"][1]], "pixel_mask": x["pixel_mask"]})
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        ragged = tf.ragged.constant([np.zeros((4, 3)), np.zeros((6, 3))], ragged_rank=1)
+        with pytest.raises(ValueError, match="pad images"):
+            model(ragged)
+    with pytest.raises(ValueError, match="pixel_mask"):
+        model({"images": x["images"], "pixel_mask": x["pixel_mask"][:, :32]})
+    with pytest.raises(ValueError, match="3"):
+        model(np.zeros((1, 64, 64, 1), "float32"))
+    with pytest.raises(ValueError, match="images"):
+        model({"pixels": x["images"]})
+    with pytest.raises(TypeError, match="ResNetBackbone"):
+        DETR(backbone=keras.layers.Dense(2))
+    with pytest.raises(ValueError, match="hidden_dim"):
+        _model(hidden_dim=18, num_heads=3)
+    with pytest.raises(ValueError, match="class_names"):
+        _model(class_names=("a",))
+
+
+def test_presets():
+    names = list_presets("DETR")
+    for name in ("detr_resnet50", "detr_resnet50_dc5", "detr_resnet101", "detr_resnet101_dc5",
+                 "detr_tiny_test"):
+        assert name in names
+    config = get_preset("detr_resnet101_dc5")["config"]
+    assert config["backbone"] == {"depth": 101, "dilation": True, "frozen_stages": 1}
+    assert (config["num_classes"], config["num_queries"], config["hidden_dim"]) == (91, 100, 256)
+    model = DETR.from_preset("detr_tiny_test", num_queries=7)
+    out = model(np.zeros((1, 32, 32, 3), "float32"))
+    assert tuple(out["logits"].shape) == (1, 7, 4)
+
+
+@pytest.mark.slow
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("name", ["detr_resnet50", "detr_resnet101_dc5"])
+def test_published_parameter_counts(name):
+    """Counted like transformers' parameters: frozen batch norm is buffers there."""
+    model = DETR.from_preset(name)
+    frozen_norms = sum(
+        int(np.prod(v.shape)) for v in model.backbone.weights if "norm" in v.path
+    )
+    assert model.count_params() - frozen_norms == PARAMETER_COUNTS[name]
+    assert model.backbone.output_stride == (16 if name.endswith("dc5") else 32)
+
+
+@pytest.mark.slow
+def test_no_nan_over_50_mixed_precision_steps():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    model = _model(dropout=0.1, attention_dropout=0.1)
+    model.compile(learning_rate=1e-3, backbone_learning_rate=1e-4)
+    x, y = _inputs(size=(32, 32)), _targets()
+    history = model.fit(x, y, batch_size=2, epochs=50, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert all(np.all(np.isfinite(to_numpy(v))) for v in model.weights)
+    out = model(x)
+    assert keras.backend.standardize_dtype(out["logits"].dtype) == "float32"
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_builds_after_a_functional_task():
+    # Keras rewrites the base classes of a functional model's class when one is built
+    # (`inject_functional_model_class`): DETR must not share one with ViTClassifier.
+    from keras_vtx.models import ViTClassifier
+
+    ViTClassifier.from_preset("vit_pico_patch4_32", num_classes=3)
+    model = DETR.from_preset("detr_tiny_test")
+    out = model(np.zeros((1, 32, 32, 3), "float32"))
+    assert tuple(out["logits"].shape) == (1, 5, 4)

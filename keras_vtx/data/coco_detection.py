@@ -311,8 +311,9 @@ def coco_detection_dataset(
         shuffle_buffer: int, images in the shuffle buffer (training).
         bad_files: `"skip"` or `"raise"` for unreadable or missing images.
         report: optional `BadFileReport` to record skipped files in.
-        num_shards, shard_index: keep every `num_shards`-th image from
-            `shard_index` (several hosts), before decoding.
+        num_shards: int, keep every `num_shards`-th image (several hosts),
+            before decoding.
+        shard_index: int, the first image kept (this host's index).
 
     Returns:
         `(dataset, info)`: the `tf.data.Dataset` of `(x, y)` batches and a

@@ -289,7 +289,10 @@ def export_shapes_coco(directory, num_images, image_size=128, seed=0, min_shapes
         num_images: int >= 1.
         image_size: int, the side of the square images.
         seed: int, the generator's seed: the same arguments write the same files.
-        min_shapes, max_shapes, size_range, noise: see `generate_shapes`.
+        min_shapes: see `generate_shapes`.
+        max_shapes: see `generate_shapes`.
+        size_range: see `generate_shapes`.
+        noise: see `generate_shapes`.
         annotation_file: the JSON's file name inside `directory`.
         image_folder: the images' sub-folder of `directory`.
 

@@ -75,7 +75,7 @@ def resnet_weight_table(backbone, layout="transformers"):
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.Conv2D):
             table.append((layer.kernel, _module_name(layer.name, layout) + ".weight", True))
-        elif isinstance(layer, FrozenBatchNormalization):
+        elif isinstance(layer, (FrozenBatchNormalization, keras.layers.BatchNormalization)):
             module = _module_name(layer.name, layout)
             for attr, torch_name in _NORM_WEIGHTS:
                 table.append((getattr(layer, attr), f"{module}.{torch_name}", False))

@@ -203,3 +203,25 @@ def test_parameter_counts(depth, parameters, statistics):
     assert model.count_params() - moving == parameters
     assert moving == statistics
     assert model.output_channels == 2048 and model.output_stride == 32
+
+
+def test_trainable_batch_norm_option_for_training_from_scratch():
+    frozen = _tiny(frozen_stages=-1)
+    _randomize(frozen, seed=3)
+    model = _tiny(frozen_stages=-1, norm="batch_norm")
+    norms = [layer for layer in model.layers if "norm" in layer.name]
+    assert norms and all(type(n) is keras.layers.BatchNormalization for n in norms)
+    assert model.get_config()["norm"] == "batch_norm"
+    # Same weights (the names match): same inference output as frozen batch norm.
+    for a, b in zip(model.weights, frozen.weights):
+        assert a.path == b.path
+        a.assign(b.value)
+    images = random_images(2, 32)
+    assert_allclose(model(images, training=False), frozen(images, training=False), atol=1e-5)
+    # Training mode normalises with batch statistics and moves the moving averages.
+    before = to_numpy(norms[0].moving_mean)
+    model(images, training=True)
+    assert not np.allclose(to_numpy(norms[0].moving_mean), before)
+    assert any(v.path.endswith("gamma") for v in model.trainable_variables)
+    with pytest.raises(ValueError, match="`norm`"):
+        _tiny(norm="group_norm")

@@ -8,6 +8,9 @@ from keras_vtx.models.backbone import Backbone
 BLOCKS_PER_DEPTH = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
+NORMS = ("frozen_batch_norm", "batch_norm")
+
+
 def _conv_initializer():
     # torchvision's ResNet init: kaiming normal, fan_out, ReLU gain.
     return keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
@@ -42,8 +45,8 @@ class ResNetBackbone(Backbone):
             `1..frozen_stages` are not trained: 1 (DETR's choice,
             `facebookresearch/detr` `models/backbone.py` trains only
             `layer2`-`layer4`) freezes the stem and stage 1, 0 the stem only,
-            -1 or None nothing; up to `len(blocks_per_stage)`. Batch norm is
-            frozen in any case. Setting `trainable = True` on the model (or a
+            -1 or None nothing; up to `len(blocks_per_stage)`. Frozen batch norm
+            (the default `norm`) is never trained. Setting `trainable = True` on the model (or a
             model containing it) keeps these stages frozen.
         stage_filters: the bottleneck width of each stage; a stage outputs
             `stage_filters[i] * bottleneck_expansion` channels.
@@ -53,6 +56,11 @@ class ResNetBackbone(Backbone):
         image_shape: `(height, width, channels)`; height and width may be
             None (variable-size images).
         epsilon: float, the batch-norm epsilon (1e-5 in torchvision and DETR).
+        norm: `"frozen_batch_norm"` (DETR's: fixed statistics and affine
+            parameters, for a pre-trained backbone) or `"batch_norm"`
+            (trainable `keras.layers.BatchNormalization`, batch statistics in
+            training: for a backbone trained from scratch, as the recipe's
+            shapes preset is). Checkpoints load into either.
         dtype: dtype or dtype policy of the layers.
 
     Call arguments:
@@ -84,9 +92,12 @@ class ResNetBackbone(Backbone):
         bottleneck_expansion=4,
         image_shape=(None, None, 3),
         epsilon=1e-5,
+        norm="frozen_batch_norm",
         dtype=None,
         **kwargs,
     ):
+        if norm not in NORMS:
+            raise ValueError(f"`norm` must be one of {NORMS}; received {norm!r}.")
         if blocks_per_stage is None:
             if depth not in BLOCKS_PER_DEPTH:
                 raise ValueError(
@@ -127,7 +138,14 @@ class ResNetBackbone(Backbone):
                 use_bias=False, kernel_initializer=_conv_initializer(), dtype=dtype, name=name,
             )
 
+        norm_kind = norm
+
         def norm(name):
+            if norm_kind == "batch_norm":
+                # torch's BatchNorm2d momentum 0.1 is Keras' 0.9.
+                return keras.layers.BatchNormalization(
+                    momentum=0.9, epsilon=epsilon, dtype=dtype, name=name
+                )
             return FrozenBatchNormalization(epsilon=epsilon, dtype=dtype, name=name)
 
         # === Graph ===
@@ -177,6 +195,7 @@ class ResNetBackbone(Backbone):
         self.bottleneck_expansion = bottleneck_expansion
         self.image_shape = image_shape
         self.epsilon = epsilon
+        self.norm = norm_kind
         self.output_channels = stage_filters[-1] * bottleneck_expansion
         self.output_stride = 2 ** (len(stage_filters) + 1) // (2 if dilation else 1)
         self._frozen_prefixes = ("stem_",) + tuple(f"stage{s}_" for s in range(1, frozen + 1))
@@ -240,6 +259,7 @@ class ResNetBackbone(Backbone):
             "bottleneck_expansion": self.bottleneck_expansion,
             "image_shape": self.image_shape,
             "epsilon": self.epsilon,
+            "norm": self.norm,
         }
 
 

@@ -21,6 +21,12 @@ again with the same arguments (`backup/`), the final model as a preset
 (`preset/`, reload with `DETR.from_preset(path)`), the detections as a COCO
 results JSON (`detections.json`), a few validation images with their predicted
 boxes (`detections/*.png`) and `report.json`.
+
+The defaults (`detr_pico_shapes` from scratch, 1,000 shapes images, 30 epochs of 50
+steps of 16, learning rate 5e-4 dropped tenfold after epoch 20) were measured with
+TensorFlow on 2 CPU cores shared with a test run: 12.7 min, COCO AP 0.007 and AP50 0.024
+on the 200 held-out images. DETR converges slowly (300 to 500 epochs on COCO in the
+paper): this default shows the whole loop working; train longer for a useful detector.
 """
 
 import argparse

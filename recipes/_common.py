@@ -1,5 +1,6 @@
 """Pieces shared by the training recipes (imported as `recipes._common`)."""
 
+import contextlib
 import os
 import time
 
@@ -35,6 +36,25 @@ def chosen_distribution(enabled):
     from keras_vtx.distribute import get_distribution
 
     return get_distribution()
+
+
+def replicas_and_scope(enabled, batch_size):
+    """`(num_replicas, scope)` for `--distribute`: `scope()` gives a fresh context manager.
+
+    Raises `ValueError` when the global `batch_size` does not split evenly over the
+    replicas.
+    """
+    distribution = chosen_distribution(enabled)
+    num_replicas = distribution.num_replicas if distribution is not None else 1
+    if batch_size % num_replicas:
+        raise ValueError(
+            f"--batch-size {batch_size} must be divisible by the {num_replicas} replicas."
+        )
+
+    def scope():  # a fresh context manager each time: generator-based ones enter once
+        return distribution.scope() if distribution is not None else contextlib.nullcontext()
+
+    return num_replicas, scope
 
 
 def training_callbacks(output, monitor, mode, extra=None):

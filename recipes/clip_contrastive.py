@@ -27,7 +27,6 @@ set are identical, which caps recall@1). Train longer (`--epochs`, or
 """
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -43,7 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from recipes._common import chosen_distribution, training_callbacks  # noqa: E402
+from recipes._common import replicas_and_scope, training_callbacks  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # Shapes captions are at most 10 tokens with the start and end tokens: a short
@@ -162,15 +161,7 @@ def main(argv=None, callbacks=None):
     from keras_vtx.models.clip.clip_tokenizer import CLIPTokenizer
     from keras_vtx.models.clip.zero_shot_classifier import ZeroShotClassifier
 
-    distribution = chosen_distribution(args.distribute)
-    num_replicas = distribution.num_replicas if distribution is not None else 1
-    if args.batch_size % num_replicas:
-        raise ValueError(
-            f"--batch-size {args.batch_size} must be divisible by the {num_replicas} replicas."
-        )
-
-    def scope():  # a fresh context manager each time: generator-based ones enter once
-        return distribution.scope() if distribution is not None else contextlib.nullcontext()
+    num_replicas, scope = replicas_and_scope(args.distribute, args.batch_size)
 
     context_length = args.context_length
     if context_length is None and _is_shapes(args.data):

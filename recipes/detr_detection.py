@@ -30,7 +30,6 @@ paper): this default shows the whole loop working; train longer for a useful det
 """
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -46,7 +45,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from recipes._common import chosen_distribution, training_callbacks  # noqa: E402
+from recipes._common import replicas_and_scope, training_callbacks  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
@@ -166,15 +165,7 @@ def main(argv=None, callbacks=None):
     from keras_vtx.metrics import COCOEvaluationCallback
     from keras_vtx.models import DETR, get_preset, list_presets
 
-    distribution = chosen_distribution(args.distribute)
-    num_replicas = distribution.num_replicas if distribution is not None else 1
-    if args.batch_size % num_replicas:
-        raise ValueError(
-            f"--batch-size {args.batch_size} must be divisible by the {num_replicas} replicas."
-        )
-
-    def scope():  # a fresh context manager each time: generator-based ones enter once
-        return distribution.scope() if distribution is not None else contextlib.nullcontext()
+    num_replicas, scope = replicas_and_scope(args.distribute, args.batch_size)
 
     named = args.preset in list_presets("DETR")
     preset_config = get_preset(args.preset)["config"] if named else {}

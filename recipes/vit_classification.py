@@ -15,7 +15,6 @@ again with the same arguments (`backup/`), the final model as a preset directory
 """
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -30,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from recipes._common import chosen_distribution, training_callbacks  # noqa: E402
+from recipes._common import replicas_and_scope, training_callbacks  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 AUGMENTATIONS = ("auto", "none", "crop_flip", "randaugment")
@@ -112,12 +111,7 @@ def main(argv=None, callbacks=None):
     from keras_vtx.data import load_classification_data
     from keras_vtx.models import ViTClassifier
 
-    distribution = chosen_distribution(args.distribute)
-    num_replicas = distribution.num_replicas if distribution is not None else 1
-    if args.batch_size % num_replicas:
-        raise ValueError(
-            f"--batch-size {args.batch_size} must be divisible by the {num_replicas} replicas."
-        )
+    num_replicas, scope = replicas_and_scope(args.distribute, args.batch_size)
     data = load_classification_data(
         args.data, image_size=args.image_size, batch_size=args.batch_size, seed=args.seed,
         validation_split=args.validation_split,
@@ -135,9 +129,6 @@ def main(argv=None, callbacks=None):
         train = train.repeat()
     total_steps = args.epochs * steps_per_epoch
     warmup_steps = int(total_steps * args.warmup_fraction)
-
-    def scope():  # a fresh context manager each time: generator-based ones enter once
-        return distribution.scope() if distribution is not None else contextlib.nullcontext()
 
     with scope():
         model = ViTClassifier.from_preset(

@@ -1,6 +1,5 @@
 """The CLIP contrastive recipe end to end, tiny: interrupted, resumed, reported, reloaded."""
 
-import importlib.util
 import json
 import os
 
@@ -10,8 +9,8 @@ import pytest
 
 from keras_vtx.models.clip import CLIP, clip_image_encoder_config, clip_text_encoder_config
 from keras_vtx.models.presets import register_preset
+from tests.recipe_helpers import load_recipe, run_two_epochs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_PRESET = "clip_test_tiny_recipe"
 
 # One narrow layer per tower: the recipe's mechanics, not its accuracy, are tested here.
@@ -28,56 +27,19 @@ register_preset(
 )
 
 
-def _load_recipe():
-    path = os.path.join(REPO, "recipes", "clip_contrastive.py")
-    spec = importlib.util.spec_from_file_location("clip_contrastive_recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-# Interrupting and resuming exercises Keras' BackupAndRestore, which does not depend on the
-# backend: checked in the TensorFlow session; the others run the recipe once, end to end.
+# Where the interrupted-then-resumed run is checked (see `run_two_epochs`).
 RESUME_ON_THIS_BACKEND = keras.backend.backend() == "tensorflow"
-
-class _Interrupted(Exception):
-    pass
-
-
-class _InterruptAfterFirstEpoch(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        raise _Interrupted(f"stopped after epoch {epoch}")
-
-
-class _EpochRecorder(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.epochs = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epochs.append(epoch)
 
 
 # Builds CLIP's BPE tokenizer and two tiny trainings: ~30-60 s on a shared CPU.
 @pytest.mark.slow
 def test_recipe_resumes_reports_and_saves_a_reloadable_preset(tmp_path):
-    recipe = _load_recipe()
+    recipe = load_recipe("clip_contrastive")
     output = tmp_path / "run"
     argv = ["--preset", TINY_PRESET, "--data", "shapes:96", "--epochs", "2",
             "--steps-per-epoch", "2", "--batch-size", "16", "--output", str(output),
             "--verbose", "0", "--distribute"]
-    if RESUME_ON_THIS_BACKEND:
-        with pytest.raises(_Interrupted):
-            recipe.main(argv, callbacks=[_InterruptAfterFirstEpoch()])
-        assert os.listdir(output / "backup"), "no backup written before the interruption"
-        assert not (output / "report.json").exists()
-
-        recorder = _EpochRecorder()
-        report = recipe.main(argv, callbacks=[recorder])
-        assert recorder.epochs == [1], "the second run did not resume after the first epoch"
-        assert report["epochs_run"] == 1 and report["epochs"] == 2
-    else:
-        report = recipe.main(argv)
-        assert report["epochs_run"] == 2 and report["epochs"] == 2
+    report = run_two_epochs(recipe, argv, output, RESUME_ON_THIS_BACKEND)
 
     with open(output / "report.json") as f:
         written = json.load(f)
@@ -108,7 +70,7 @@ def test_recipe_resumes_reports_and_saves_a_reloadable_preset(tmp_path):
 
 
 def test_recipe_rejects_bad_flags():
-    recipe = _load_recipe()
+    recipe = load_recipe("clip_contrastive")
     for argv in (["--epochs", "0"], ["--precision", "float8"], ["--context-length", "1"],
                  ["--warmup-fraction", "1.0"], ["--captions-per-image", "first"]):
         with pytest.raises(SystemExit):

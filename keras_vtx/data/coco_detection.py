@@ -53,7 +53,12 @@ import tensorflow as tf
 
 from keras_vtx.data import detection_transforms as T
 from keras_vtx.data.bad_file_report import BadFileReport
-from keras_vtx.data.image_classification import BAD_FILE_POLICIES, _decoder, _positive_int
+from keras_vtx.data.image_classification import (
+    BAD_FILE_POLICIES,
+    _decoder,
+    _positive_int,
+    _shard_deterministically,
+)
 from keras_vtx.data.shapes import export_shapes_coco
 
 logger = logging.getLogger("keras_vtx.data")
@@ -358,15 +363,7 @@ def coco_detection_dataset(
                 np.concatenate(records["labels"] + [np.zeros((0,), "int32")]), lengths),
         },
     ))
-    dataset = source
-    options = tf.data.Options()
-    if num_shards > 1:
-        dataset = dataset.shard(num_shards, shard_index)
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.OFF
-        )
-    options.deterministic = True
-    dataset = dataset.with_options(options)
+    dataset = _shard_deterministically(source, num_shards, shard_index)
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.map(_decoder(report, bad_files), num_parallel_calls=tf.data.AUTOTUNE)

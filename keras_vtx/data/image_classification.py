@@ -148,15 +148,7 @@ def _pipeline(
     if padding is None:
         padding = image_size // 8
 
-    dataset = source
-    options = tf.data.Options()
-    if num_shards > 1:
-        dataset = dataset.shard(num_shards, shard_index)
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.OFF
-        )
-    options.deterministic = True
-    dataset = dataset.with_options(options)
+    dataset = _shard_deterministically(source, num_shards, shard_index)
     if training:
         buffer = shuffle_buffer or 10_000
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
@@ -635,3 +627,18 @@ def _load_tfds(name, validation_split, common, options, report):
     return ClassificationData(train, validation, class_names, report,
                               splits[train_split].num_examples, splits[val_split].num_examples,
                               common["batch_size"])
+
+
+def _shard_deterministically(dataset, num_shards, shard_index):
+    """This host's shard of `dataset` (before decoding), in a deterministic order.
+
+    Sharding is done here, by element, so tf.distribute must not shard again.
+    """
+    options = tf.data.Options()
+    if num_shards > 1:
+        dataset = dataset.shard(num_shards, shard_index)
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.OFF
+        )
+    options.deterministic = True
+    return dataset.with_options(options)

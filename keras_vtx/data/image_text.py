@@ -51,6 +51,7 @@ from keras_vtx.data.image_classification import (
     _decoder,
     _import_tfds,
     _positive_int,
+    _shard_deterministically,
 )
 from keras_vtx.data.image_text_data import ImageTextData
 from keras_vtx.data.shapes import generate_shapes
@@ -435,15 +436,7 @@ def _pair_pipeline(source, decode, *, tokenizer, image_size, batch_size, shuffle
     if drop_remainder is None:
         drop_remainder = bool(shuffle)
 
-    dataset = source
-    options = tf.data.Options()
-    if num_shards > 1:
-        dataset = dataset.shard(num_shards, shard_index)
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.OFF
-        )
-    options.deterministic = True
-    dataset = dataset.with_options(options)
+    dataset = _shard_deterministically(source, num_shards, shard_index)
     if captions_per_image == "flatten":
         # Before shuffling, so that the captions of one image land in different batches
         # (two in one batch would be each other's false negatives).

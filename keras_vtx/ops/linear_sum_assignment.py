@@ -18,6 +18,16 @@ import numpy as np
 from keras import ops
 
 
+def _as_batched(cost, mask):
+    """Checked tensors, the cost as a batch `(B, N, M)`, and whether it was unbatched."""
+    cost = ops.convert_to_tensor(cost)
+    if mask is not None:
+        mask = ops.convert_to_tensor(mask)
+    _check_inputs(cost, mask)
+    unbatched = len(cost.shape) == 2
+    return (cost[None] if unbatched else cost), mask, unbatched
+
+
 def _check_inputs(cost, mask):
     if len(cost.shape) not in (2, 3):
         raise ValueError(
@@ -251,13 +261,7 @@ def linear_sum_assignment(cost, mask=None):
     >>> keras.ops.convert_to_numpy(row_ind), keras.ops.convert_to_numpy(col_ind)
     (array([0, 1], dtype=int32), array([1, 0], dtype=int32))
     """
-    cost = ops.convert_to_tensor(cost)
-    if mask is not None:
-        mask = ops.convert_to_tensor(mask)
-    _check_inputs(cost, mask)
-    unbatched = len(cost.shape) == 2
-    if unbatched:
-        cost = cost[None]
+    cost, mask, unbatched = _as_batched(cost, mask)
     num_rows, num_cols = cost.shape[1], cost.shape[2]
     num_pairs = min(num_rows, num_cols)
     dtype = _compute_dtype(keras.backend.standardize_dtype(cost.dtype))
@@ -362,13 +366,7 @@ def scipy_linear_sum_assignment(cost, mask=None):
     >>> keras.ops.convert_to_numpy(row_ind), keras.ops.convert_to_numpy(col_ind)
     (array([0, 1], dtype=int32), array([1, 0], dtype=int32))
     """
-    cost = ops.convert_to_tensor(cost)
-    if mask is not None:
-        mask = ops.convert_to_tensor(mask)
-    _check_inputs(cost, mask)
-    unbatched = len(cost.shape) == 2
-    if unbatched:
-        cost = cost[None]
+    cost, mask, unbatched = _as_batched(cost, mask)
     num_pairs = min(cost.shape[1], cost.shape[2])
     if mask is None:
         mask = ops.ones_like(cost[:, 0, :], dtype="bool")

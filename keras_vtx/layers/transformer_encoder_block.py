@@ -24,6 +24,8 @@ class TransformerEncoderBlock(keras.layers.Layer):
         activation: MLP activation name (see `get_activation`).
         layer_norm_epsilon: float.
         kernel_initializer: initializer of all kernels.
+        norm: `"layer_norm"` (mean and variance, scale and bias) or `"rms_norm"`
+            (no mean subtraction, no bias: the released Image GPT's layer norm).
 
     Call arguments:
         inputs: tensor `(batch, length, width)`.
@@ -54,9 +56,15 @@ class TransformerEncoderBlock(keras.layers.Layer):
         activation="gelu",
         layer_norm_epsilon=1e-6,
         kernel_initializer="glorot_uniform",
+        norm="layer_norm",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if norm not in ("layer_norm", "rms_norm"):
+            raise ValueError(
+                f"`norm` must be 'layer_norm' or 'rms_norm'; received {norm!r}."
+            )
+        self.norm = norm
         self.num_heads = num_heads
         self.mlp_dim = mlp_dim
         self.dropout = dropout
@@ -67,11 +75,23 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
+    def _norm_layer(self, name):
+        if self.norm == "rms_norm":
+            # Under mixed precision the RMS statistics run in float32 (Keras'
+            # LayerNormalization upcasts by itself; RMSNormalization does not).
+            mixed = self.dtype_policy.compute_dtype in ("float16", "bfloat16")
+            return keras.layers.RMSNormalization(
+                epsilon=self.layer_norm_epsilon,
+                dtype="float32" if mixed else self.dtype_policy,
+                name=name,
+            )
+        return keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name=name
+        )
+
     def build(self, input_shape):
         init = keras.initializers.serialize(self.kernel_initializer)
-        self.norm1 = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="norm1"
-        )
+        self.norm1 = self._norm_layer("norm1")
         self.attention = MultiHeadAttention(
             self.num_heads,
             dropout=self.attention_dropout,
@@ -79,9 +99,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="attention",
         )
-        self.norm2 = keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="norm2"
-        )
+        self.norm2 = self._norm_layer("norm2")
         self.mlp = MLP(
             self.mlp_dim,
             activation=self.activation,
@@ -147,4 +165,5 @@ class TransformerEncoderBlock(keras.layers.Layer):
             "activation": self.activation,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "norm": self.norm,
         }

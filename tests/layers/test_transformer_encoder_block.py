@@ -32,11 +32,18 @@ def _np_block(block, x, mask=None, causal=False, pos=None):
                             query_position=pos, key_position=pos)[0]
 
     x = x.astype("float64")
+    np_norm = _np_rms_norm if block.norm == "rms_norm" else np_layer_norm
     if block.norm_first:
-        x = x + attn(np_layer_norm(block.norm1, x))
-        return x + np_mlp(block.mlp, np_layer_norm(block.norm2, x))
-    x = np_layer_norm(block.norm1, x + attn(x))
-    return np_layer_norm(block.norm2, x + np_mlp(block.mlp, x))
+        x = x + attn(np_norm(block.norm1, x))
+        return x + np_mlp(block.mlp, np_norm(block.norm2, x))
+    x = np_norm(block.norm1, x + attn(x))
+    return np_norm(block.norm2, x + np_mlp(block.mlp, x))
+
+
+def _np_rms_norm(norm, h):
+    # The released Image GPT's layer norm: no mean subtraction, no bias.
+    rms = np.sqrt((h * h).mean(-1, keepdims=True) + norm.epsilon)
+    return h / rms * to_numpy(norm.scale)
 
 
 @pytest.mark.parametrize("norm_first", [True, False])
@@ -46,6 +53,27 @@ def test_matches_numpy(norm_first):
     out = block(x)
     assert tuple(out.shape) == x.shape
     assert_allclose(out, _np_block(block, x), atol=1e-4)
+
+
+def test_rms_norm_matches_numpy_and_round_trips(tmp_path):
+    x = _x()
+    block = _block(x, norm="rms_norm", activation="quick_gelu")
+    assert not hasattr(block.norm1, "beta") and not hasattr(block.norm1, "gamma")
+    assert_allclose(block(x, is_causal=True), _np_block(block, x, causal=True), atol=1e-4)
+    restored = assert_config_round_trip(block)
+    assert restored.norm == "rms_norm"
+
+
+def test_rms_norm_runs_in_float32_under_mixed_precision():
+    block = TransformerEncoderBlock(2, 16, norm="rms_norm", dtype="mixed_bfloat16")
+    out = block(_x())
+    assert block.norm1.compute_dtype == "float32"
+    assert str(out.dtype).endswith("bfloat16")
+
+
+def test_unknown_norm_is_rejected():
+    with pytest.raises(ValueError, match="`norm` must be"):
+        TransformerEncoderBlock(2, 16, norm="batch_norm")
 
 
 def test_pre_and_post_norm_differ():

@@ -15,6 +15,12 @@ class MultiHeadAttention(keras.layers.Layer):
     Position encodings can be added to queries and keys only (not to values),
     as DETR does in every attention.
 
+    For autoregressive decoding, self-attention can run with a key/value
+    cache: a preallocated tensor `(batch, 2, max_length, num_heads, head_dim)`
+    (see `initial_cache`) into which the keys and values of the new tokens are
+    written at `cache_update_index`. The shapes stay static, so a compiled
+    decoding step is traced once; positions not yet written are masked out.
+
     Args:
         num_heads: int, number of heads.
         key_dim: int or None, size of each head; defaults to `width // num_heads`.
@@ -36,15 +42,29 @@ class MultiHeadAttention(keras.layers.Layer):
         return_attention_scores: bool, also return the attention probabilities
             `(batch, num_heads, target_length, source_length)`.
         training: bool.
+        cache: optional key/value cache `(batch, 2, max_length, num_heads,
+            head_dim)` (self-attention only). The query's tokens sit at
+            positions `cache_update_index + 0 .. target_length - 1`; with
+            `is_causal=True` each sees the cache up to its own position,
+            otherwise every position written so far. `source_length` is then
+            `max_length`.
+        cache_update_index: int or scalar int tensor, where the new keys and
+            values are written; required with `cache`.
 
     Returns:
-        A tensor `(batch, target_length, output_dim)`, and the attention
-        probabilities when `return_attention_scores=True`.
+        A tensor `(batch, target_length, output_dim)`, then the attention
+        probabilities when `return_attention_scores=True`, then the updated
+        cache when `cache` is given.
 
     Example:
     >>> mha = MultiHeadAttention(num_heads=2)
     >>> tuple(mha(keras.ops.ones((1, 5, 8))).shape)
     (1, 5, 8)
+    >>> cache = mha.initial_cache(batch_size=1, max_length=6)
+    >>> out, cache = mha(keras.ops.ones((1, 2, 8)), is_causal=True,
+    ...                  cache=cache, cache_update_index=0)
+    >>> tuple(out.shape), tuple(cache.shape)
+    ((1, 2, 8), (1, 2, 6, 2, 4))
     """
 
     def __init__(
@@ -114,7 +134,14 @@ class MultiHeadAttention(keras.layers.Layer):
         key_position=None,
         return_attention_scores=False,
         training=None,
+        cache=None,
+        cache_update_index=None,
     ):
+        if cache is not None and (value is not None or key is not None):
+            raise ValueError(
+                "A key/value `cache` is for self-attention only; received a separate "
+                "`value` or `key`."
+            )
         value = query if value is None else value
         key = value if key is None else key
         if query_position is not None:
@@ -129,6 +156,10 @@ class MultiHeadAttention(keras.layers.Layer):
             mask = ops.cast(mask, "bool")
             if len(mask.shape) == 3:
                 mask = ops.expand_dims(mask, 1)
+        if cache is not None:
+            cache, k, v, visible = self._update_cache(cache, cache_update_index, k, v, is_causal)
+            mask = visible if mask is None else ops.logical_and(mask, visible)
+            is_causal = False
         if is_causal:
             t, s = q.shape[1], k.shape[1]
             if mask is not None or t is None or s is None or t != s:
@@ -148,9 +179,56 @@ class MultiHeadAttention(keras.layers.Layer):
         shape = ops.shape(out)
         out = ops.reshape(out, (shape[0], shape[1], self.num_heads * self.head_dim))
         out = self.output_dense(out)
+        outputs = (out,)
         if return_attention_scores:
-            return out, probs
-        return out
+            outputs += (probs,)
+        if cache is not None:
+            outputs += (cache,)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def initial_cache(self, batch_size, max_length, dtype=None):
+        """An empty key/value cache `(batch_size, 2, max_length, num_heads, head_dim)`.
+
+        Args:
+            batch_size: int.
+            max_length: int, the longest sequence the cache will hold.
+            dtype: defaults to the layer's compute dtype.
+
+        Returns:
+            A zero tensor.
+        """
+        if not self.built:
+            raise ValueError(
+                "`initial_cache` needs a built layer (the head size is set in `build`)."
+            )
+        shape = (batch_size, 2, max_length, self.num_heads, self.head_dim)
+        return ops.zeros(shape, dtype=dtype or self.compute_dtype)
+
+    def _update_cache(self, cache, index, k, v, is_causal):
+        """Writes the new keys/values at `index`; returns the cache, keys, values, mask."""
+        if index is None:
+            raise ValueError(
+                "`cache_update_index` is required with `cache`; received None."
+            )
+        if len(cache.shape) != 5 or cache.shape[1] != 2:
+            raise ValueError(
+                "`cache` must have shape (batch, 2, max_length, num_heads, head_dim); "
+                f"received {tuple(cache.shape)}."
+            )
+        kv = ops.stack([ops.cast(k, cache.dtype), ops.cast(v, cache.dtype)], axis=1)
+        cache = ops.slice_update(cache, [0, 0, index, 0, 0], kv)
+        # Static shapes: attend over the whole cache and mask what is not
+        # (yet) visible, so one compiled step serves every position.
+        t, s = ops.shape(k)[1], ops.shape(cache)[2]
+        query_pos = ops.arange(t, dtype="int32")[:, None] + ops.cast(index, "int32")
+        key_pos = ops.arange(s, dtype="int32")[None, :]
+        if is_causal:
+            visible = key_pos <= query_pos
+        else:
+            visible = ops.broadcast_to(key_pos < ops.cast(index, "int32") + t, (t, s))
+        k = ops.cast(cache[:, 0], self.compute_dtype)
+        v = ops.cast(cache[:, 1], self.compute_dtype)
+        return cache, k, v, visible[None, None]
 
     def _explicit_attention(self, q, k, v, mask, is_causal, training):
         # Logits and softmax in float32: the habit for mixed precision.

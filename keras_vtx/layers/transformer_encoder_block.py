@@ -34,15 +34,26 @@ class TransformerEncoderBlock(keras.layers.Layer):
         position_encoding: optional tensor added to queries and keys (DETR).
         return_attention_scores: bool, also return attention probabilities.
         training: bool.
+        cache: optional key/value cache of the self-attention, `(batch, 2,
+            max_length, num_heads, head_dim)` (see `initial_cache` and
+            `MultiHeadAttention`), for autoregressive decoding: `inputs` are
+            the tokens at positions `cache_update_index ...`.
+        cache_update_index: int or scalar int tensor; required with `cache`.
 
     Returns:
-        A tensor `(batch, length, width)` (and the attention probabilities
-        `(batch, heads, length, length)` when asked).
+        A tensor `(batch, length, width)`, then the attention probabilities
+        `(batch, heads, length, source_length)` when asked, then the updated
+        cache when `cache` is given.
 
     Example:
     >>> block = TransformerEncoderBlock(num_heads=2, mlp_dim=16)
     >>> tuple(block(keras.ops.ones((2, 5, 8))).shape)
     (2, 5, 8)
+    >>> cache = block.initial_cache(batch_size=2, max_length=5)
+    >>> out, cache = block(keras.ops.ones((2, 1, 8)), is_causal=True,
+    ...                    cache=cache, cache_update_index=0)
+    >>> tuple(out.shape), tuple(cache.shape)
+    ((2, 1, 8), (2, 2, 5, 2, 4))
     """
 
     def __init__(
@@ -124,10 +135,12 @@ class TransformerEncoderBlock(keras.layers.Layer):
         position_encoding=None,
         return_attention_scores=False,
         training=None,
+        cache=None,
+        cache_update_index=None,
     ):
         x = inputs
         h = self.norm1(x) if self.norm_first else x
-        attn = self.attention(
+        outputs = self.attention(
             h,
             attention_mask=attention_mask,
             is_causal=is_causal,
@@ -135,9 +148,14 @@ class TransformerEncoderBlock(keras.layers.Layer):
             key_position=position_encoding,
             return_attention_scores=return_attention_scores,
             training=training,
+            cache=cache,
+            cache_update_index=cache_update_index,
         )
-        if return_attention_scores:
-            attn, scores = attn
+        attn = outputs
+        if return_attention_scores or cache is not None:
+            attn, *extra = outputs
+            scores = extra[0] if return_attention_scores else None
+            cache = extra[-1] if cache is not None else None
         attn = self.attention_output_dropout(attn, training=training)
         x = x + self.drop_path_layer(attn, training=training)
         if not self.norm_first:
@@ -146,9 +164,27 @@ class TransformerEncoderBlock(keras.layers.Layer):
         x = x + self.drop_path_layer(self.mlp(h, training=training), training=training)
         if not self.norm_first:
             x = self.norm2(x)
+        outputs = (x,)
         if return_attention_scores:
-            return x, scores
-        return x
+            outputs += (scores,)
+        if cache is not None:
+            outputs += (cache,)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def initial_cache(self, batch_size, max_length, dtype=None):
+        """An empty key/value cache for this block's self-attention.
+
+        Args:
+            batch_size: int.
+            max_length: int, the longest sequence the cache will hold.
+            dtype: defaults to the layer's compute dtype.
+
+        Returns:
+            A zero tensor `(batch_size, 2, max_length, num_heads, head_dim)`.
+        """
+        if not self.built:
+            raise ValueError("`initial_cache` needs a built block (call or build it first).")
+        return self.attention.initial_cache(batch_size, max_length, dtype=dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -184,3 +184,83 @@ def test_mixed_precision_probabilities_in_float32():
     out, probs = layer(x, return_attention_scores=True)
     assert keras.backend.standardize_dtype(out.dtype) == "float16"
     assert keras.backend.standardize_dtype(probs.dtype) == "float32"
+
+
+def _decode_in_steps(layer, x, prefill, is_causal=True, index_as_tensor=False):
+    """Prefills `prefill` tokens, then feeds the rest one by one through a cache."""
+    batch, length = x.shape[:2]
+    cache = layer.initial_cache(batch, length)
+    assert tuple(cache.shape) == (batch, 2, length, layer.num_heads, layer.head_dim)
+    outputs = []
+    starts = [0] + list(range(prefill, length))
+    stops = [prefill] + list(range(prefill + 1, length + 1))
+    for start, stop in zip(starts, stops):
+        index = keras.ops.convert_to_tensor(start, "int32") if index_as_tensor else start
+        out, cache = layer(x[:, start:stop], is_causal=is_causal, cache=cache,
+                           cache_update_index=index)
+        outputs.append(to_numpy(out))
+    return np.concatenate(outputs, axis=1), cache
+
+
+@pytest.mark.parametrize("index_as_tensor", [False, True])
+def test_cache_incremental_decoding_matches_causal_call(index_as_tensor):
+    x = _x(2, 6, 8)
+    layer = _layer(x.shape)
+    decoded, cache = _decode_in_steps(layer, x, prefill=3, index_as_tensor=index_as_tensor)
+    assert_allclose(decoded, layer(x, is_causal=True), atol=1e-5)
+    # The cache holds exactly the keys and values of the whole sequence.
+    q_k = to_numpy(layer.key_dense(x)).reshape(2, 6, 2, 4)
+    assert_allclose(to_numpy(cache)[:, 0], q_k, atol=1e-5)
+
+
+def test_cache_without_causal_sees_every_written_position():
+    x = _x(2, 5, 8)
+    layer = _layer(x.shape)
+    decoded, _ = _decode_in_steps(layer, x, prefill=2, is_causal=False)
+    # The prefill attends bidirectionally among its own tokens; each later token
+    # sees everything written so far (itself included).
+    assert_allclose(decoded[:, :2], layer(x[:, :2]), atol=1e-5)
+    for i in range(2, 5):
+        assert_allclose(decoded[:, i], to_numpy(layer(x[:, : i + 1]))[:, i], atol=1e-5)
+
+
+def test_cache_with_attention_scores_and_mask():
+    x = _x(1, 4, 8)
+    layer = _layer(x.shape)
+    cache = layer.initial_cache(1, 6)
+    mask = np.ones((1, 2, 6), bool)
+    mask[0, 1, 0] = False  # the second token may not see the first
+    out, probs, cache = layer(x[:, :2], is_causal=True, cache=cache, cache_update_index=0,
+                              attention_mask=mask, return_attention_scores=True)
+    probs = to_numpy(probs)
+    assert probs.shape == (1, 2, 2, 6)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-6)
+    assert np.all(probs[:, :, 0, 1:] == 0) and np.all(probs[:, :, 1, 2:] == 0)
+    assert np.all(probs[:, :, 1, 0] == 0)
+    expected, _ = np_attention(layer, x[:, :2], mask=mask[:, :, :2], causal=True)
+    assert_allclose(out, expected, atol=1e-5)
+
+
+def test_cache_bad_input_raises():
+    x = _x(1, 3, 8)
+    layer = _layer(x.shape)
+    cache = layer.initial_cache(1, 3)
+    with pytest.raises(ValueError, match="cache_update_index"):
+        layer(x, cache=cache)
+    with pytest.raises(ValueError, match="self-attention only"):
+        layer(x, x, cache=cache, cache_update_index=0)
+    with pytest.raises(ValueError, match="cache"):
+        layer(x, cache=keras.ops.zeros((1, 3, 2, 4)), cache_update_index=0)
+    with pytest.raises(ValueError, match="built"):
+        MultiHeadAttention(2).initial_cache(1, 3)
+
+
+def test_cache_under_mixed_precision():
+    keras.config.set_dtype_policy("mixed_float16")
+    x = _x(1, 4, 8)
+    layer = MultiHeadAttention(2)
+    full = layer(x, is_causal=True)
+    cache = layer.initial_cache(1, 4)
+    assert keras.backend.standardize_dtype(cache.dtype) == "float16"
+    decoded, _ = _decode_in_steps(layer, x, prefill=1)
+    assert_allclose(decoded.astype("float32"), to_numpy(full).astype("float32"), atol=1e-2)

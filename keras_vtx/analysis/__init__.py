@@ -1,4 +1,4 @@
-"""Analysis tools: linear probes of frozen features, detections drawn on images.
+"""Analysis tools: linear probes of frozen features, probe plots, detections drawn on images.
 
 Imports without TensorFlow; a `tf.data.Dataset` given to `extract_features` is
 read through its NumPy iterator.
@@ -11,11 +11,13 @@ from keras_vtx.analysis.linear_probe import (
     probe_layers,
     sweep_regularization,
 )
+from keras_vtx.analysis.probe_plot import plot_layer_probe_accuracy
 
 __all__ = [
     "LinearProbe",
     "draw_detections",
     "extract_features",
+    "plot_layer_probe_accuracy",
     "probe_layers",
     "sweep_regularization",
 ]

@@ -28,7 +28,12 @@ def load_transformers_checkpoint(path, cls, **kwargs):
         from keras_vtx.convert.detr import load_detr
 
         return load_detr(path, config, cls, **kwargs)
+    if model_type == "imagegpt":
+        from keras_vtx.convert.igpt import load_imagegpt
+
+        return load_imagegpt(path, config, cls, **kwargs)
     raise ValueError(
         f"Cannot convert a transformers checkpoint of model_type {model_type!r} "
-        f"(from {path!r}) to {cls.__name__}; supported: 'vit', 'clip', 'detr', 'resnet'."
+        f"(from {path!r}) to {cls.__name__}; supported: 'vit', 'clip', 'detr', 'resnet', "
+        "'imagegpt'."
     )

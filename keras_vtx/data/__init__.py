@@ -34,6 +34,11 @@ from keras_vtx.data.image_text import (
     read_pairs,
 )
 from keras_vtx.data.image_text_data import ImageTextData
+from keras_vtx.data.palette_sequences import (
+    fit_palette,
+    load_palette_data,
+    quantize_images_tf,
+)
 from keras_vtx.data.shapes import (
     SHAPE_CLASSES,
     export_shapes_coco,
@@ -57,14 +62,17 @@ __all__ = [
     "dataset_from_pairs",
     "dataset_from_tfds",
     "export_shapes_coco",
+    "fit_palette",
     "generate_shapes",
     "group_captions",
     "list_image_files",
     "load_classification_data",
     "load_detection_data",
+    "load_palette_data",
     "load_pair_data",
     "pairs_from_csv",
     "pairs_from_jsonl",
+    "quantize_images_tf",
     "read_coco_annotations",
     "read_pairs",
     "shapes_to_coco",

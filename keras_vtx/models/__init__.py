@@ -3,6 +3,16 @@
 from keras_vtx.models.backbone import Backbone
 from keras_vtx.models.clip import CLIP, CLIPTextEncoder, ZeroShotClassifier
 from keras_vtx.models.detr import DETR, ResNetBackbone, ScaledAdamW, post_process_detections
+from keras_vtx.models.igpt import (
+    ColorPalette,
+    ImageGPT,
+    ImageGPTBackbone,
+    ImageGPTClassifier,
+    extract_layer_features,
+    generate_pixel_ids,
+    layer_features,
+    probe_image_gpt,
+)
 from keras_vtx.models.presets import (
     get_preset,
     list_presets,
@@ -17,16 +27,24 @@ __all__ = [
     "CLIP",
     "CLIPTextEncoder",
     "CLIPTokenizer",
+    "ColorPalette",
     "DETR",
+    "ImageGPT",
+    "ImageGPTBackbone",
+    "ImageGPTClassifier",
     "ResNetBackbone",
     "ScaledAdamW",
     "Task",
     "ViTBackbone",
     "ViTClassifier",
     "ZeroShotClassifier",
+    "extract_layer_features",
+    "generate_pixel_ids",
     "get_preset",
+    "layer_features",
     "list_presets",
     "post_process_detections",
+    "probe_image_gpt",
     "register_preset",
     "unregister_preset",
     "vit_config",

@@ -1,0 +1,160 @@
+"""Loads Hugging Face `transformers` Image GPT checkpoints.
+
+`ImageGPTForCausalImageModeling` (keys under `transformer.` plus `lm_head.weight`)
+and `ImageGPTModel` (no prefix, no head) directories written by
+`save_pretrained()`, with the palette of `preprocessor_config.json` ("clusters")
+when the directory has one. transformers' `Conv1D` stores kernels as
+`(in, out)`, Keras' layout, and `c_attn` holds the query, key and value
+projections side by side.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from keras_vtx.convert.vit import _set, read_state_dict
+
+# Keras variable (relative to block i) -> (transformers key relative to `h.{i}.`, slice of
+# c_attn's output columns or None).
+_BLOCK = (
+    ("norm1/scale", "ln_1.weight", None),
+    ("attention/query/kernel", "attn.c_attn.weight", 0),
+    ("attention/query/bias", "attn.c_attn.bias", 0),
+    ("attention/key/kernel", "attn.c_attn.weight", 1),
+    ("attention/key/bias", "attn.c_attn.bias", 1),
+    ("attention/value/kernel", "attn.c_attn.weight", 2),
+    ("attention/value/bias", "attn.c_attn.bias", 2),
+    ("attention/output/kernel", "attn.c_proj.weight", None),
+    ("attention/output/bias", "attn.c_proj.bias", None),
+    ("norm2/scale", "ln_2.weight", None),
+    ("mlp/fc1/kernel", "mlp.c_fc.weight", None),
+    ("mlp/fc1/bias", "mlp.c_fc.bias", None),
+    ("mlp/fc2/kernel", "mlp.c_proj.weight", None),
+    ("mlp/fc2/bias", "mlp.c_proj.bias", None),
+)
+# Buffers older transformers versions saved with the weights (the causal mask).
+_BUFFERS = (".attn.bias", ".attn.masked_bias")
+
+
+def imagegpt_backbone_config(config):
+    """Maps a transformers `ImageGPTConfig` dict to `ImageGPTBackbone` arguments.
+
+    Dropout is left at 0: transformers' 0.1 defaults are GPT-2's, and the
+    paper trains without dropout (section 3.4); pass `dropout=...` to change it.
+
+    Example:
+    >>> imagegpt_backbone_config({"vocab_size": 513, "n_positions": 1024, "n_embd": 512,
+    ...     "n_layer": 24, "n_head": 8})["hidden_dim"]
+    512
+    """
+    act = config.get("activation_function", "quick_gelu")
+    unsupported = [
+        (act != "quick_gelu", f"activation_function={act!r} (only 'quick_gelu')"),
+        (not config.get("scale_attn_weights", True), "scale_attn_weights=False"),
+        (config.get("scale_attn_by_inverse_layer_idx", False),
+         "scale_attn_by_inverse_layer_idx=True"),
+        (config.get("add_cross_attention", False), "add_cross_attention=True"),
+    ]
+    bad = [what for flag, what in unsupported if flag]
+    if bad:
+        raise ValueError(f"The Image GPT checkpoint's config has unsupported settings: {bad}.")
+    return dict(
+        vocabulary_size=config.get("vocab_size", 513),
+        sequence_length=config.get("n_positions", 1024),
+        hidden_dim=config.get("n_embd", 512),
+        num_layers=config.get("n_layer", 24),
+        num_heads=config.get("n_head", 8),
+        mlp_dim=config.get("n_inner"),
+        layer_norm_epsilon=config.get("layer_norm_epsilon", 1e-5),
+    )
+
+
+def load_imagegpt(path, config, cls, **kwargs):
+    """Builds `cls` (`ImageGPT` or `ImageGPTBackbone`) from a transformers Image GPT directory.
+
+    Args:
+        path: a `save_pretrained()` directory (`config.json`, `model.safetensors`
+            or its shards or `pytorch_model.bin`, optionally
+            `preprocessor_config.json` with the palette).
+        config: dict, the parsed `config.json`.
+        cls: `ImageGPTBackbone` or `ImageGPT`.
+        **kwargs: overrides of the backbone's arguments (`dropout`, `causal`,
+            ...) or the task's (`objective="bert"`, `palette`, ...). Shapes
+            cannot change (a clear error names the tensor).
+
+    Returns:
+        An instance of `cls` with the checkpoint's weights; an `ImageGPTModel`
+        checkpoint (no `lm_head`) gives `ImageGPT` a freshly initialised head.
+    """
+    from keras_vtx.models.igpt.image_gpt import ImageGPT
+    from keras_vtx.models.igpt.image_gpt_backbone import ImageGPTBackbone
+
+    is_task = isinstance(cls, type) and issubclass(cls, ImageGPT)
+    if not is_task and not (isinstance(cls, type) and issubclass(cls, ImageGPTBackbone)):
+        raise ValueError(
+            "A transformers Image GPT checkpoint loads into ImageGPTBackbone or ImageGPT; "
+            f"received {getattr(cls, '__name__', cls)!r}."
+        )
+    weights = {k: v for k, v in read_state_dict(path).items() if not k.endswith(_BUFFERS)}
+    head = weights.pop("lm_head.weight", None)
+    weights = {k[len("transformer."):] if k.startswith("transformer.") else k: v
+               for k, v in weights.items()}
+    backbone_config = imagegpt_backbone_config(config)
+    if is_task:
+        backbone_kwargs, task_kwargs = cls._split_kwargs(kwargs)
+    else:
+        backbone_kwargs, task_kwargs = kwargs, {}
+    backbone_cls = cls.backbone_cls if is_task else cls
+    backbone = backbone_cls(**{**backbone_config, **backbone_kwargs})
+    _assign_backbone(backbone, weights, path)
+    if not is_task:
+        return backbone
+    if "palette" not in task_kwargs:
+        task_kwargs["palette"] = _palette(path)
+    model = cls(backbone=backbone, **task_kwargs)
+    if head is not None:
+        # nn.Linear stores (out, in); Keras' Dense kernel is (in, out).
+        _set(model.lm_head.kernel, np.asarray(head).T, "lm_head.weight", path)
+    return model
+
+
+def _assign_backbone(backbone, weights, path):
+    used = set()
+
+    def take(variable, key, part=None):
+        if key not in weights:
+            raise ValueError(f"The Image GPT checkpoint in {path!r} has no tensor {key!r}.")
+        value = np.asarray(weights[key])
+        if part is not None:
+            width = value.shape[-1] // 3
+            value = value[..., part * width:(part + 1) * width]
+        _set(variable, value, key, path)
+        used.add(key)
+
+    take(backbone.token_embedding.embeddings, "wte.weight")
+    take(backbone.position_embedding.embeddings, "wpe.weight")
+    for i, block in enumerate(backbone.transformer_layers):
+        variables = {v.path.split(f"{block.name}/", 1)[-1]: v for v in block.weights}
+        for ours, theirs, part in _BLOCK:
+            take(variables[ours], f"h.{i}.{theirs}", part)
+    take(backbone.final_norm.weights[0], "ln_f.weight")
+    unknown = sorted(set(weights) - used)
+    if unknown:
+        raise ValueError(
+            f"The Image GPT checkpoint in {path!r} has tensors its config.json does not "
+            f"explain: {unknown[:10]}."
+        )
+
+
+def _palette(path):
+    file = os.path.join(path, "preprocessor_config.json")
+    if not os.path.exists(file):
+        return None
+    with open(file) as f:
+        processor = json.load(f)
+    if "clusters" not in processor:
+        return None
+    from keras_vtx.models.igpt.color_palette import ColorPalette
+
+    return ColorPalette.from_transformers(processor)

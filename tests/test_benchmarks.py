@@ -30,3 +30,18 @@ def test_matcher_benchmark_quick_run_on_this_backend(tmp_path, capsys):
         for key in ("first_call_s", "ours_s", "scipy_s", "ratio"):
             assert record[key] > 0, (key, record)
     assert "scipy/ours" in capsys.readouterr().out
+
+
+def test_igpt_generation_benchmark_quick_run_on_this_backend(tmp_path, capsys):
+    benchmark = _load("igpt_generation_benchmark")
+    backend = keras.backend.backend()
+    out = tmp_path / "igpt.json"
+    records = benchmark.main(["--quick", "--backend", backend, "--json", str(out)])
+    assert [r["mode"] for r in records] == ["cached", "uncached"]
+    assert json.loads(out.read_text()) == records
+    for record in records:
+        assert record["backend"] == backend and record["sequence_length"] == 16
+        assert record["same"] is True, record
+        for key in ("first_call_s", "median_s", "speedup", "pixels_per_s"):
+            assert record[key] > 0, (key, record)
+    assert "uncached/cached" in capsys.readouterr().out

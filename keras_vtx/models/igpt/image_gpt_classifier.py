@@ -7,7 +7,7 @@ from keras import ops
 from keras_vtx.models import presets
 from keras_vtx.models.backbone import transfer_weights
 from keras_vtx.models.igpt.image_gpt import OBJECTIVES, ImageGPT, _as_palette
-from keras_vtx.models.igpt.image_gpt_backbone import ImageGPTBackbone, check_token_ids
+from keras_vtx.models.igpt.image_gpt_backbone import ImageGPTBackbone
 from keras_vtx.models.igpt.image_gpt_features import draw_masks
 from keras_vtx.models.task import TaskPresets
 
@@ -131,39 +131,12 @@ class ImageGPTClassifier(TaskPresets, keras.Model):
 
     # --- Forward pass ---
 
-    def __call__(self, *args, **kwargs):
-        if args:
-            self._split_inputs(args[0])
-        return keras.Model.__call__(self, *args, **kwargs)
-
-    def _split_inputs(self, inputs):
-        """Returns `(pixel_ids, mask or None)`, raising a clear error for bad inputs."""
-        mask = None
-        if isinstance(inputs, dict):
-            if "pixel_ids" not in inputs or not set(inputs) <= {"pixel_ids", "mask"}:
-                raise ValueError(
-                    "`inputs` must be pixel ids (batch, length) or a dict with 'pixel_ids' "
-                    f"and optionally 'mask'; received keys {sorted(inputs)}."
-                )
-            inputs, mask = inputs["pixel_ids"], inputs.get("mask")
-        check_token_ids(inputs, "pixel_ids", self.backbone.sequence_length, self.palette_size,
-                        "palette ids")
-        if mask is not None:
-            if self.objective != "bert":
-                raise ValueError(
-                    "A 'mask' input is only for the BERT objective; this classifier is "
-                    f"{self.objective!r}."
-                )
-            if tuple(mask.shape) != tuple(inputs.shape) and None not in tuple(inputs.shape):
-                raise ValueError(
-                    f"`mask` must have the shape of `pixel_ids` {tuple(inputs.shape)}; "
-                    f"received {tuple(mask.shape)}."
-                )
-        return inputs, mask
-
-    # The pre-training objective's inputs, exactly as ImageGPT forms them (the
-    # same functions: they read `objective`, `special_token_id`, `mask_rate` and
-    # `seed_generator`, which this class holds too).
+    # The pre-training objective's inputs, checked and formed exactly as ImageGPT
+    # does (the same functions: they read `backbone`, `objective`, `palette_size`,
+    # `special_token_id`, `mask_rate` and `seed_generator`, which this class holds too).
+    sequence_length = ImageGPT.sequence_length
+    __call__ = ImageGPT.__call__
+    _split_inputs = ImageGPT._split_inputs
     draw_mask = ImageGPT.draw_mask
     prepare_inputs = ImageGPT.prepare_inputs
 

@@ -189,6 +189,18 @@ class TransformerEncoderBlock(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    def compute_output_spec(self, inputs, return_attention_scores=False, cache=None, **kwargs):
+        # Symbolic calls (functional models) may ask for the attention
+        # probabilities, which the default spec (one tensor) would drop.
+        outputs = (keras.KerasTensor(inputs.shape, dtype=self.compute_dtype),)
+        if return_attention_scores:
+            batch, length = inputs.shape[0], inputs.shape[1]
+            outputs += (keras.KerasTensor((batch, self.num_heads, length, length),
+                                          dtype="float32"),)
+        if cache is not None:
+            outputs += (keras.KerasTensor(cache.shape, dtype=cache.dtype),)
+        return outputs[0] if len(outputs) == 1 else outputs
+
     def get_config(self):
         return {
             **super().get_config(),

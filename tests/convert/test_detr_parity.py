@@ -108,6 +108,29 @@ def test_logits_boxes_and_aux_outputs_match_transformers(checkpoint):
     assert _canonical_names(in_memory).keys() == read_state_dict(path).keys()
 
 
+def test_attention_scores_match_transformers_attentions(checkpoint):
+    reference, path = checkpoint
+    images, mask = _inputs()
+    with torch.no_grad():
+        expected = reference(pixel_values=torch.from_numpy(images).permute(0, 3, 1, 2),
+                             pixel_mask=torch.from_numpy(mask).long(), output_attentions=True)
+    model = DETR.from_preset(path, return_attention_scores=True)
+    out = model({"images": images, "pixel_mask": mask})
+    assert len(out["encoder_attention_scores"]) == 2
+    assert len(out["decoder_attention_scores"]) == 3
+    for ours, theirs in zip(out["encoder_attention_scores"], expected.encoder_attentions):
+        assert_allclose(ours, theirs.numpy(), atol=1e-5)
+    for ours, theirs in zip(out["decoder_attention_scores"], expected.cross_attentions):
+        assert_allclose(ours, theirs.numpy(), atol=1e-5)
+    # 96 x 80 pixels at stride 32: a 3 x 3 feature map; the second image's
+    # 60 x 50 real pixels cover its top-left 2 x 2 positions.
+    feature_mask = to_numpy(out["feature_mask"])
+    assert feature_mask.shape == (2, 3, 3)
+    assert feature_mask[0].all() and feature_mask[1].sum() == 4 and feature_mask[1, :2, :2].all()
+    assert_allclose(out["logits"], model.rebuild_with({}, {"return_attention_scores": False})(
+        {"images": images, "pixel_mask": mask})["logits"], atol=1e-5)
+
+
 def test_overrides_keep_the_weights_that_fit(checkpoint):
     _, path = checkpoint
     images, mask = _inputs()

@@ -83,6 +83,19 @@ def test_vit_model_parity(tmp_path, overrides):
     check(out["pooled_output"], expected.pooler_output, "pooled_output")
 
 
+def test_attention_scores_match_transformers_attentions(tmp_path):
+    config = hf_config(image_size=(32, 48), patch_size=8)
+    config._attn_implementation = "eager"  # the only one that returns attentions
+    reference = randomize(transformers.ViTModel(config))
+    model = ViTBackbone.from_preset(save(reference, tmp_path), return_attention_scores=True)
+    images = random_images(2, tuple(model.image_size))
+    expected = torch_forward(reference, images, output_attentions=True).attentions
+    ours = model(images)["attention_scores"]
+    assert len(ours) == len(expected) == 2
+    for i, (a, b) in enumerate(zip(ours, expected)):
+        check(a, b, f"attention_scores[{i}]")
+
+
 @pytest.mark.parametrize("overrides", [{}, dict(image_size=(32, 48), patch_size=8)],
                          ids=["default", "non_square"])
 def test_vit_classifier_parity(tmp_path, overrides):

@@ -44,6 +44,10 @@ class DETR(TaskPresets, keras.Model):
             (`"aux_outputs"`), for the auxiliary losses.
         layer_norm_epsilon: float.
         class_names: optional sequence of `num_classes` strings.
+        return_attention_scores: bool, also return the encoder's
+            self-attention and the decoder's cross-attention probabilities
+            (for `keras_vtx.analysis.detr_attention_maps`); they are computed
+            explicitly instead of by the fused attention kernel.
         dtype: dtype or dtype policy; logits and boxes are always float32.
 
     Call arguments:
@@ -57,6 +61,12 @@ class DETR(TaskPresets, keras.Model):
         A dict: `"logits"` `(batch, num_queries, num_classes + 1)`, `"boxes"`
         `(batch, num_queries, 4)` and, with `aux_loss`, `"aux_outputs"`: a
         list of `num_decoder_layers - 1` dicts with `"logits"` and `"boxes"`.
+        With `return_attention_scores`, also `"encoder_attention_scores"`
+        (one `(batch, num_heads, h * w, h * w)` tensor per encoder layer),
+        `"decoder_attention_scores"` (the cross-attention of the object
+        queries, one `(batch, num_heads, num_queries, h * w)` tensor per
+        decoder layer) and `"feature_mask"` `(batch, h, w)`, the pixel mask
+        on the `h x w` feature map (positions are flattened row by row).
 
     Example:
     >>> model = DETR.from_preset("detr_tiny_test")
@@ -83,6 +93,7 @@ class DETR(TaskPresets, keras.Model):
         aux_loss=True,
         layer_norm_epsilon=1e-5,
         class_names=None,
+        return_attention_scores=False,
         dtype=None,
         **kwargs,
     ):
@@ -125,6 +136,7 @@ class DETR(TaskPresets, keras.Model):
         self.aux_loss = bool(aux_loss)
         self.layer_norm_epsilon = layer_norm_epsilon
         self.class_names = class_names
+        self.return_attention_scores = bool(return_attention_scores)
 
         channels = backbone.output_shape[-1]
         policy = self.dtype_policy
@@ -228,8 +240,14 @@ class DETR(TaskPresets, keras.Model):
         position = ops.reshape(position, (batch, -1, self.hidden_dim))
         mask = ops.reshape(mask, (batch, -1))
         key_mask = mask[:, None, None, :]
+        scores = self.return_attention_scores
+        encoder_scores, decoder_scores = [], []
         for block in self.encoder_blocks:
-            x = block(x, attention_mask=key_mask, position_encoding=position, training=training)
+            x = block(x, attention_mask=key_mask, position_encoding=position,
+                      return_attention_scores=scores, training=training)
+            if scores:
+                x, block_scores = x
+                encoder_scores.append(block_scores)
         memory = x
         queries = ops.cast(self.object_queries, x.dtype)
         query_position = ops.broadcast_to(
@@ -240,8 +258,11 @@ class DETR(TaskPresets, keras.Model):
         for block in self.decoder_blocks:
             target = block(
                 target, memory, query_position=query_position, memory_position=position,
-                memory_mask=mask, training=training,
+                memory_mask=mask, return_attention_scores=scores, training=training,
             )
+            if scores:
+                target, _, cross_scores = target
+                decoder_scores.append(cross_scores)
             hidden.append(target)
         if not self.aux_loss:
             hidden = hidden[-1:]
@@ -249,6 +270,12 @@ class DETR(TaskPresets, keras.Model):
         outputs = dict(predictions[-1])
         if self.aux_loss:
             outputs["aux_outputs"] = predictions[:-1]
+        if scores:
+            outputs["encoder_attention_scores"] = encoder_scores
+            outputs["decoder_attention_scores"] = decoder_scores
+            outputs["feature_mask"] = ops.reshape(
+                mask, (batch, ops.shape(features)[1], ops.shape(features)[2])
+            )
         return outputs
 
     def _heads(self, hidden):
@@ -406,6 +433,7 @@ class DETR(TaskPresets, keras.Model):
             "aux_loss": self.aux_loss,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "class_names": None if self.class_names is None else list(self.class_names),
+            "return_attention_scores": self.return_attention_scores,
         }
 
 

@@ -60,6 +60,10 @@ class ViTBackbone(Backbone):
         layer_norm_epsilon: float.
         activation: the MLP activation (`"gelu"`, `"quick_gelu"`, ...).
         return_hidden_states: bool, also output every block's output.
+        return_attention_scores: bool, also output every block's attention
+            probabilities (for `keras_vtx.analysis`); they are computed
+            explicitly instead of by the fused attention kernel, so leave
+            this off for training.
         dtype: dtype or dtype policy of the layers.
 
     Call arguments:
@@ -70,7 +74,10 @@ class ViTBackbone(Backbone):
         A dict with `"sequence_output"` `(batch, tokens, D)` after the final
         LayerNorm (class token first when present), `"pooled_output"`
         `(batch, D or representation_size)`, and with `return_hidden_states`,
-        `"hidden_states"`: the embeddings and each block's output.
+        `"hidden_states"`: the embeddings and each block's output, and with
+        `return_attention_scores`, `"attention_scores"`: one
+        `(batch, num_heads, tokens, tokens)` tensor per block (rows are
+        queries, class token first).
 
     Example:
     >>> model = ViTBackbone(image_size=32, patch_size=8, num_layers=2,
@@ -102,6 +109,7 @@ class ViTBackbone(Backbone):
         layer_norm_epsilon=1e-6,
         activation="gelu",
         return_hidden_states=False,
+        return_attention_scores=False,
         dtype=None,
         **kwargs,
     ):
@@ -177,8 +185,13 @@ class ViTBackbone(Backbone):
         if pre_layer_norm is not None:
             x = pre_layer_norm(x)
         hidden_states = [x]
+        attention_scores = []
         for block in blocks:
-            x = block(x)
+            if return_attention_scores:
+                x, scores = block(x, return_attention_scores=True)
+                attention_scores.append(scores)
+            else:
+                x = block(x)
             hidden_states.append(x)
         sequence_output = final_norm(x)
         if pooling == "token":
@@ -196,6 +209,8 @@ class ViTBackbone(Backbone):
         outputs = {"sequence_output": sequence_output, "pooled_output": pooled}
         if return_hidden_states:
             outputs["hidden_states"] = hidden_states
+        if return_attention_scores:
+            outputs["attention_scores"] = attention_scores
         super().__init__(inputs=images, outputs=outputs, dtype=dtype, **kwargs)
 
         # === Config ===
@@ -219,6 +234,7 @@ class ViTBackbone(Backbone):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.activation = activation
         self.return_hidden_states = return_hidden_states
+        self.return_attention_scores = return_attention_scores
         self.grid_size = grid
         self.num_prefix_tokens = num_prefix
 
@@ -279,4 +295,5 @@ class ViTBackbone(Backbone):
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "activation": self.activation,
             "return_hidden_states": self.return_hidden_states,
+            "return_attention_scores": self.return_attention_scores,
         }

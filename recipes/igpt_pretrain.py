@@ -269,40 +269,17 @@ def _first_examples(dataset, count):
     return np.concatenate(ids)[:count], np.concatenate(labels)[:count]
 
 
-def fill_masked(model, ids, mask, temperature, seed):
-    """BERT: samples every masked pixel at once from the bidirectional model's predictions."""
-    outputs = model({"pixel_ids": ids, "mask": mask}, training=False)
-    logits = keras.ops.cast(outputs["logits"], "float32") / temperature
-    flat = keras.ops.reshape(logits, (-1, logits.shape[-1]))
-    drawn = keras.random.categorical(flat, 1, seed=seed)
-    drawn = keras.ops.convert_to_numpy(keras.ops.reshape(drawn, ids.shape))
-    return np.where(mask, drawn, ids).astype("int32")
-
-
 def draw_completions(args, model, palette, validation, output):
     """Top halves of validation images completed by the model, then sampled images."""
-    side = model.image_size
+    from keras_vtx.analysis import completion_grid, plot_completion_grid
+
     paths = {}
     if args.completions:
         ids, _ = _first_examples(validation, args.completions)
-        count, repeats = len(ids), args.samples_per_image
-        given = (side // 2) * side  # the top half, in raster order
-        prefix = np.repeat(ids[:, :given], repeats, axis=0)
-        if args.objective == "autoregressive":
-            completed = model.generate(prefix_ids=prefix, temperature=args.temperature,
-                                       top_k=args.top_k, seed=args.seed)
-        else:
-            full = np.repeat(ids, repeats, axis=0)
-            mask = np.zeros(full.shape, bool)
-            mask[:, given:] = True
-            completed = palette.dequantize(
-                fill_masked(model, full, mask, args.temperature, args.seed), side)
-        originals = palette.dequantize(ids, side)
-        half = originals.copy()
-        half[:, side // 2:] = 128  # the hidden bottom half, grey
-        completed = np.asarray(completed).reshape(count, repeats, side, side, 3)
-        rows = [[half[i], *completed[i], originals[i]] for i in range(count)]
-        paths["completions"] = _grid(rows, os.path.join(output, "completions.png"))
+        grid = completion_grid(model, pixel_ids=ids, num_samples=args.samples_per_image,
+                               seed=args.seed, temperature=args.temperature, top_k=args.top_k)
+        paths["completions"] = plot_completion_grid(
+            grid, os.path.join(output, "completions.png"))
     if args.samples and args.objective == "autoregressive":
         sampled = model.generate(num_images=args.samples, temperature=args.temperature,
                                  top_k=args.top_k, seed=args.seed + 1)

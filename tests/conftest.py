@@ -32,14 +32,28 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    """Deselects tests that run in another backend's session.
+
+    `backend_independent` tests run once, in the TensorFlow session;
+    `only_backend("torch")` tests (long end-to-end runs, such as the example
+    notebooks, whose backend-specific parts the unit tests already cover on all
+    three) run in that backend's session. Without `--backend`, everything runs.
+    """
     backend = config.getoption("--backend")
-    if backend in (None, "tensorflow"):
+    if backend is None:
         return
-    kept, once = [], []
+    kept, elsewhere = [], []
     for item in items:
-        (once if item.get_closest_marker("backend_independent") else kept).append(item)
-    if once:
-        config.hook.pytest_deselected(items=once)
+        only = item.get_closest_marker("only_backend")
+        if only is not None:
+            home = only.args[0]
+        elif item.get_closest_marker("backend_independent"):
+            home = "tensorflow"
+        else:
+            home = backend
+        (kept if home == backend else elsewhere).append(item)
+    if elsewhere:
+        config.hook.pytest_deselected(items=elsewhere)
         items[:] = kept
 
 

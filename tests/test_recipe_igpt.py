@@ -55,8 +55,9 @@ def _check_outputs(output, report, objective):
     assert (probes["num_train"], probes["num_test"]) == (32, 10)
     assert _png_shape(report["probe_plot"]) == (600, 400)
 
-    # Two validation images: half given, one completion, the original; 64-pixel cells.
-    assert _png_shape(report["completions_png"]) == (2 + 3 * 66, 2 + 2 * 66)
+    # Two validation images: half given, one completion, the original; one inch at
+    # 100 dpi per image (plot_completion_grid).
+    assert _png_shape(report["completions_png"]) == (3 * 100, 2 * 100)
 
     # The palette is saved on its own and inside the preset, which reloads.
     palette = ColorPalette.load(str(output / "palette.npy"))

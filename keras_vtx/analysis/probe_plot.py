@@ -10,17 +10,7 @@ import os
 
 import numpy as np
 
-
-def _import_matplotlib():
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as e:
-        raise ImportError(
-            "Plotting probe accuracies needs matplotlib, an optional dependency: "
-            "`pip install keras-vtx[plot]` (or `pip install matplotlib`)."
-        ) from e
-    return Figure, FigureCanvasAgg
+from keras_vtx.analysis._plotting import import_matplotlib
 
 
 def _as_series(accuracies):
@@ -90,7 +80,7 @@ def plot_layer_probe_accuracy(accuracies, path, title=None, figsize=(6.0, 4.0), 
     True
     """
     series = _as_series(accuracies)
-    Figure, FigureCanvasAgg = _import_matplotlib()
+    Figure, FigureCanvasAgg = import_matplotlib("Plotting probe accuracies")
     figure = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)

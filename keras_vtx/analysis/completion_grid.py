@@ -64,6 +64,15 @@ def fill_masked(model, pixel_ids, mask, temperature=1.0, seed=0):
 
     Returns:
         int32 NumPy `(batch, L)`: `pixel_ids` with the masked pixels drawn.
+
+    Example:
+    >>> from keras_vtx.models import ImageGPT
+    >>> model = ImageGPT.from_preset("igpt_tiny_test", objective="bert")
+    >>> ids = np.zeros((1, 64), "int32")
+    >>> mask = np.arange(64)[None] >= 32  # the bottom half
+    >>> filled = fill_masked(model, ids, mask, seed=0)
+    >>> bool((filled[:, :32] == 0).all()), filled.shape
+    (True, (1, 64))
     """
     import keras
 

@@ -1,3 +1,5 @@
+import types
+
 import keras
 import numpy as np
 import pytest
@@ -376,3 +378,11 @@ def test_default_tokenizer_is_the_clip_tokenizer():
     mean = units.reshape(2, 2, 5).mean(1)
     np.testing.assert_allclose(to_numpy(model.class_embeddings),
                                mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-6)
+
+    # A CLIP with a shorter text context gets prompts tokenised to that length.
+    seen = []
+    encode_text = clip.encode_text
+    clip.encode_text = lambda ids: seen.append(np.shape(ids)) or encode_text(ids)
+    clip.text_encoder = types.SimpleNamespace(context_length=16)
+    ZeroShotClassifier(clip, ["cat", "dog"], ["a photo of a {}."])
+    assert seen == [(2, 16)]

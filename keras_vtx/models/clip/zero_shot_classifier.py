@@ -56,8 +56,8 @@ def build_class_embeddings(clip, class_names, templates="simple", tokenizer=None
         templates: a template set's name, a template or a list of templates
             (see `prompt_templates.get_templates`).
         tokenizer: a callable mapping a list of strings to int token ids
-            `(n, sequence_length)`; defaults to `CLIPTokenizer()` (which needs
-            TensorFlow).
+            `(n, sequence_length)`; defaults to a `CLIPTokenizer` padding to
+            the text encoder's `context_length` (it needs TensorFlow).
         batch_size: about how many prompts to embed per call of `encode_text`.
 
     Returns:
@@ -77,7 +77,10 @@ def build_class_embeddings(clip, class_names, templates="simple", tokenizer=None
     if tokenizer is None:
         from keras_vtx.models.clip.clip_tokenizer import CLIPTokenizer
 
-        tokenizer = CLIPTokenizer()
+        # The model's own context: a CLIP trained with shorter captions (the
+        # recipes' 16 tokens) cannot read CLIP's default 77.
+        context = getattr(getattr(clip, "text_encoder", None), "context_length", None)
+        tokenizer = CLIPTokenizer(sequence_length=context) if context else CLIPTokenizer()
     if not callable(tokenizer):
         raise TypeError(f"`tokenizer` must be callable; received {type(tokenizer).__name__}.")
     if int(batch_size) < 1:
@@ -120,8 +123,8 @@ class ZeroShotClassifier(keras.Model):
             "imagenet_7", "cifar10", "cifar100", "shapes"), one template or a
             list of templates, each with one `{}` for the class name.
         tokenizer: callable mapping a list of strings to int token ids
-            `(n, sequence_length)`; defaults to `CLIPTokenizer()` (needs
-            TensorFlow). Not saved: only needed to build the class embeddings.
+            `(n, sequence_length)`; defaults to a `CLIPTokenizer` padding to
+            the text encoder's `context_length` (needs TensorFlow). Not saved: only needed to build the class embeddings.
         activation: `"softmax"` (default) for probabilities or None for the
             scaled logits.
         text_batch_size: about how many prompts to embed per text-encoder call.

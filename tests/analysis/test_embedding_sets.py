@@ -1,4 +1,3 @@
-import builtins
 import math
 
 import keras
@@ -123,16 +122,8 @@ def test_heat_map_png(tmp_path):
 
 
 @independent
-def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch):
+def test_missing_matplotlib_names_the_extra(tmp_path, hide_matplotlib):
     result = embedding_set_similarity({"a": np.eye(2)})
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name.startswith("matplotlib"):
-            raise ImportError("no matplotlib")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(ImportError, match=r"keras-vtx\[plot\]"):
         plot_embedding_set_similarity(result, tmp_path / "x.png")
 

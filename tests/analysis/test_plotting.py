@@ -1,4 +1,3 @@
-import builtins
 
 import numpy as np
 import pytest
@@ -30,15 +29,7 @@ def test_as_uint8_image_accepts_the_usual_ranges():
         _plotting.as_uint8_image(np.full((2, 2, 3), np.nan))
 
 
-def test_missing_matplotlib_names_the_extra(monkeypatch):
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name.startswith("matplotlib"):
-            raise ImportError("no matplotlib")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
+def test_missing_matplotlib_names_the_extra(hide_matplotlib):
     with pytest.raises(ImportError, match=r"Drawing a map needs matplotlib.*keras-vtx\[plot\]"):
         _plotting.new_figure((1, 1), purpose="Drawing a map")
 

@@ -1,4 +1,3 @@
-import builtins
 
 import numpy as np
 import pytest
@@ -34,14 +33,6 @@ def test_bad_accuracies(tmp_path, bad):
         plot_layer_probe_accuracy(bad, tmp_path / "x.png")
 
 
-def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch):
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name.startswith("matplotlib"):
-            raise ImportError("no matplotlib")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
+def test_missing_matplotlib_names_the_extra(tmp_path, hide_matplotlib):
     with pytest.raises(ImportError, match=r"keras-vtx\[plot\]"):
         plot_layer_probe_accuracy({0: 0.5}, tmp_path / "x.png")

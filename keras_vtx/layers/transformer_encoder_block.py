@@ -26,6 +26,9 @@ class TransformerEncoderBlock(keras.layers.Layer):
         kernel_initializer: initializer of all kernels.
         norm: `"layer_norm"` (mean and variance, scale and bias) or `"rms_norm"`
             (no mean subtraction, no bias: the released Image GPT's layer norm).
+        remat: bool, recompute the block's activations in the backward pass
+            (gradient checkpointing with `keras.remat`) when called with
+            `training=True`; not with a cache or attention probabilities.
 
     Call arguments:
         inputs: tensor `(batch, length, width)`.
@@ -68,6 +71,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
         layer_norm_epsilon=1e-6,
         kernel_initializer="glorot_uniform",
         norm="layer_norm",
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -85,6 +89,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.activation = activation
         self.layer_norm_epsilon = layer_norm_epsilon
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.remat = remat
 
     def _norm_layer(self, name):
         if self.norm == "rms_norm":
@@ -138,6 +143,19 @@ class TransformerEncoderBlock(keras.layers.Layer):
         cache=None,
         cache_update_index=None,
     ):
+        if self.remat and training and cache is None and not return_attention_scores:
+            # Gradient checkpointing: only tensors cross `keras.remat` (Python
+            # flags stay in the closure, so jax.checkpoint does not trace them).
+            def block(x):
+                return self._forward(x, attention_mask, is_causal, position_encoding,
+                                     False, training, None, None)
+
+            return keras.remat(block)(inputs)
+        return self._forward(inputs, attention_mask, is_causal, position_encoding,
+                             return_attention_scores, training, cache, cache_update_index)
+
+    def _forward(self, inputs, attention_mask, is_causal, position_encoding,
+                 return_attention_scores, training, cache, cache_update_index):
         x = inputs
         h = self.norm1(x) if self.norm_first else x
         outputs = self.attention(
@@ -213,5 +231,6 @@ class TransformerEncoderBlock(keras.layers.Layer):
             "activation": self.activation,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "remat": self.remat,
             "norm": self.norm,
         }

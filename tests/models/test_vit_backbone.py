@@ -9,8 +9,10 @@ from tests.test_case import (
     assert_all_weights_get_gradients,
     assert_allclose,
     assert_keras_save_load,
+    gradients,
     np_layer_norm,
     random_images,
+    randomize_weights,
     to_numpy,
 )
 
@@ -201,3 +203,22 @@ def test_unknown_preset_lists_close_names():
         ViTBackbone.from_preset("vit_base_patch16_242")
     with pytest.raises(ValueError, match="list_presets"):
         ViTBackbone.from_preset("no_such_model")
+
+
+def test_remat_keeps_outputs_and_gradients_and_round_trips():
+    plain = ViTBackbone(**TINY_VIT, dropout=0.0)
+    randomize_weights(plain, seed=3)
+    remat = ViTBackbone(**TINY_VIT, dropout=0.0, remat=True)
+    remat.set_weights(plain.get_weights())
+    assert all(remat.get_layer(f"block_{i}").remat for i in range(TINY_VIT["num_layers"]))
+    assert not plain.get_layer("block_0").remat
+    x = random_images(batch=2)
+    assert_allclose(remat(x, training=True)["pooled_output"],
+                    plain(x, training=True)["pooled_output"], atol=1e-5)
+    for got, want in zip(gradients(remat, x, training=True),
+                         gradients(plain, x, training=True)):
+        assert_allclose(got, want, atol=1e-5)
+    assert remat.get_config()["remat"] is True
+    assert ViTBackbone.from_config(remat.get_config()).get_layer("block_0").remat
+    classifier = ViTClassifier.from_preset("vit_pico_patch4_32", num_classes=3, remat=True)
+    assert classifier.backbone.remat is True

@@ -64,6 +64,11 @@ class ViTBackbone(Backbone):
             probabilities (for `keras_vtx.analysis`); they are computed
             explicitly instead of by the fused attention kernel, so leave
             this off for training.
+        remat: bool, rematerialise each transformer block in training (gradient
+            checkpointing through `keras.remat`): the backward pass
+            recomputes a block's activations instead of keeping them, about
+            a third more compute for activation memory of one block instead of
+            all, which lets large variants (ViT-L/H) train with bigger batches.
         dtype: dtype or dtype policy of the layers.
 
     Call arguments:
@@ -110,6 +115,7 @@ class ViTBackbone(Backbone):
         activation="gelu",
         return_hidden_states=False,
         return_attention_scores=False,
+        remat=False,
         dtype=None,
         **kwargs,
     ):
@@ -165,6 +171,7 @@ class ViTBackbone(Backbone):
                 norm_first=True,
                 activation=activation,
                 layer_norm_epsilon=layer_norm_epsilon,
+                remat=remat,
                 dtype=dtype,
                 name=f"block_{i}",
             )
@@ -235,6 +242,7 @@ class ViTBackbone(Backbone):
         self.activation = activation
         self.return_hidden_states = return_hidden_states
         self.return_attention_scores = return_attention_scores
+        self.remat = remat
         self.grid_size = grid
         self.num_prefix_tokens = num_prefix
 
@@ -296,4 +304,5 @@ class ViTBackbone(Backbone):
             "activation": self.activation,
             "return_hidden_states": self.return_hidden_states,
             "return_attention_scores": self.return_attention_scores,
+            "remat": self.remat,
         }

@@ -5,6 +5,7 @@ import json
 import os
 
 import keras
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,3 +46,131 @@ def test_igpt_generation_benchmark_quick_run_on_this_backend(tmp_path, capsys):
         for key in ("first_call_s", "median_s", "speedup", "pixels_per_s"):
             assert record[key] > 0, (key, record)
     assert "uncached/cached" in capsys.readouterr().out
+
+
+# --- The side-by-side suite (benchmarks/run_benchmarks.py) -------------------------------
+
+# PyTorch's session (eager steps: the cheapest to run) smoke-tests every case in both
+# precisions, with the transformers reference beside it; JAX's and TensorFlow's sessions
+# run the cases that exercise their own code paths (the compiled train function, the
+# compiled forward pass, sampling) in one precision each, since every compiled DETR or CLIP
+# step costs them tens of seconds on a CPU.
+SMOKE = {"jax": (["float32"], ["vit_ti16_train", "vit_ti16_infer", "igpt_s_sample"]),
+         "tensorflow": (["bfloat16"], ["vit_ti16_train", "vit_ti16_infer", "igpt_s_sample"]),
+         "torch": (["bfloat16", "float32"], None)}
+
+
+def _suite():
+    import sys
+
+    path = os.path.join(REPO, "benchmarks")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    return _load("run_benchmarks")
+
+
+def test_suite_smoke_run_on_this_backend(tmp_path, capsys):
+    suite = _suite()
+    from vtx_bench import cases as cases_lib
+
+    backend = keras.backend.backend()
+    precisions, keys = SMOKE[backend]
+    references = "transformers" if backend == "torch" else "none"
+    meta, records = suite.main([
+        "--size", "tiny", "--backends", backend, "--references", references,
+        "--precisions", ",".join(precisions), "--steps", "1", "--warmup", "0",
+        "--repeats", "2", "--out", str(tmp_path)] + (["--cases", ",".join(keys)] if keys else []))
+    implementations = [f"keras_vtx[{backend}]"] + ([] if references == "none" else ["transformers"])
+    cases = [c for c in cases_lib.all_cases("tiny") if keys is None or c.key in keys]
+    expected = {(c.key, p, i) for c in cases for p in precisions for i in implementations}
+    assert {(r["case"], r["precision"], r["implementation"]) for r in records} == expected
+    errors = [(r["case"], r["implementation"], r.get("error")) for r in records
+              if "throughput" not in r]
+    assert not errors, errors
+    forward = meta["forward_flops"]
+    assert set(forward) == {c.key for c in cases if c.mode != "sample"}
+    by_key = {(r["case"], r["precision"], r["implementation"]): r for r in records}
+    for r in records:
+        assert r["throughput"] > 0 and r["step_s"] > 0 and r["first_call_s"] > 0, r
+        assert len(r["step_times_s"]) == 2
+        assert r["device"] and r["measured_peak"] > 0
+        if r["mode"] == "sample":
+            assert r["mfu"] is None
+        else:
+            # MFU is FLOPs per step / step time / peak, the step 3 x forward when training.
+            flops = forward[r["case"]] * (3 if r["mode"] == "train" else 1)
+            assert r["flops_per_step"] == flops
+            assert r["mfu"] == pytest.approx(flops / r["step_s"] / r["peak_flops"])
+            assert r["peak_source"] == "measured matmul"  # a CPU is not in the peak table
+        if r["case"] == "detr_r50_train" and r["implementation"].startswith("keras_vtx"):
+            assert 0 < r["loss_fraction"] and r["loss_s"] > 0
+        if references != "none" and r["implementation"].startswith("keras_vtx"):
+            other = by_key[(r["case"], r["precision"], "transformers")]
+            assert r["vs_transformers"] == pytest.approx(r["throughput"] / other["throughput"])
+    saved = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert set(saved["meta"]) >= {"date", "device", "versions", "size", "forward_flops"}
+    assert saved["meta"]["versions"]["keras"] == keras.__version__
+    table = (tmp_path / "benchmarks.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0].startswith("| case | precision | implementation | throughput")
+    assert len(rows) == 1 + len(records)
+    assert table in capsys.readouterr().out
+
+
+@pytest.mark.only_backend("jax")
+def test_traced_flops_count_matmuls_and_convolutions():
+    import jax
+    import jax.numpy as jnp
+
+    _suite()
+    from vtx_bench.flops import count_flops
+
+    a = jax.ShapeDtypeStruct((3, 4), "float32")
+    b = jax.ShapeDtypeStruct((4, 5), "float32")
+    assert count_flops(lambda x, y: jnp.tanh(x @ y), a, b) == 2 * 3 * 4 * 5
+    # NHWC input (2, 8, 8, 3), HWIO kernel 3x3x3x6, SAME: 2 * outputs * 3*3*3.
+    image = jax.ShapeDtypeStruct((2, 8, 8, 3), "float32")
+    kernel = jax.ShapeDtypeStruct((3, 3, 3, 6), "float32")
+
+    def conv(x, k):
+        return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    assert count_flops(conv, image, kernel) == 2 * (2 * 8 * 8 * 6) * 27
+    # A scan counts its body once per step; nested jit calls are followed.
+    def scanned(x, y):
+        return jax.lax.scan(lambda c, _: (jax.jit(lambda u: u @ y)(c), None), x, None,
+                            length=7)[0]
+
+    square = jax.ShapeDtypeStruct((4, 4), "float32")
+    assert count_flops(scanned, square, square) == 7 * 2 * 4 * 4 * 4
+
+
+@pytest.mark.only_backend("jax")
+@pytest.mark.parametrize("name", ["vit_ti16", "vit_b16"])
+def test_traced_vit_flops_equal_the_closed_form(name):
+    _suite()
+    from vtx_bench import cases as cases_lib
+    from vtx_bench import flops as flops_lib
+    from vtx_bench import keras_impl
+
+    case = next(c for c in cases_lib.all_cases("tiny") if c.key == f"{name}_infer")
+    config = cases_lib.resolved_config(case)
+    x, _ = cases_lib.make_inputs(case, config)
+    b = config["backbone"]
+    expected = flops_lib.vit_forward_flops(case.batch, b["image_size"], b["patch_size"],
+                                           b["num_layers"], b["hidden_dim"], b["mlp_dim"],
+                                           config["num_classes"])
+    assert keras_impl.forward_flops(case, config, x) == expected
+
+
+@pytest.mark.backend_independent
+def test_peak_table_prefers_the_specific_name():
+    _suite()
+    from vtx_bench.flops import table_peak
+
+    assert table_peak("NVIDIA H100 PCIe", "bfloat16") == 756e12
+    assert table_peak("NVIDIA H100 80GB HBM3", "bfloat16") == pytest.approx(989.4e12)
+    assert table_peak("NVIDIA H100 80GB HBM3", "float32") == pytest.approx(494.7e12)
+    assert table_peak("TPU v5 lite", "bfloat16") == 197e12
+    assert table_peak("AMD EPYC 7B13", "bfloat16") is None

@@ -1,0 +1,171 @@
+"""The benchmark configurations: one `Case` per model, mode and size.
+
+Published sizes ("full") are the configurations the issue names: ViT-Ti/S/B with 16-pixel
+patches at 224 (training and inference), CLIP ViT-B/32 (training pairs/s with the contrastive
+loss), DETR-R50 at 800 x 1066 (a training step with the matcher inside) and iGPT-S at 32 x 32
+(training and cached sampling). "tiny" keeps every case's structure with sizes a CPU runs in
+seconds, for the smoke test.
+"""
+
+import dataclasses
+
+import numpy as np
+
+FAMILIES = ("vit", "clip", "detr", "igpt")
+PRECISIONS = ("bfloat16", "float32")
+SIZES = ("full", "tiny")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str           # e.g. "vit_b16"
+    family: str         # one of FAMILIES
+    mode: str           # "train", "infer" or "sample"
+    preset: str         # the keras_vtx preset
+    overrides: tuple    # ((key, value), ...) applied to the preset's config
+    batch: int
+    unit: str           # what the throughput counts: "images", "pairs" or "pixels"
+    label: str          # the published name, e.g. "ViT-B/16 @224"
+
+    @property
+    def key(self):
+        return f"{self.name}_{self.mode}"
+
+    def config_overrides(self):
+        return dict(self.overrides)
+
+
+_VIT = {"vit_ti16": ("vit_tiny_patch16_224", "ViT-Ti/16 @224"),
+        "vit_s16": ("vit_small_patch16_224", "ViT-S/16 @224"),
+        "vit_b16": ("vit_base_patch16_224", "ViT-B/16 @224")}
+# Tiny stand-ins keep each ViT distinct (widths 32/48/64) at 32 x 32 with 8-pixel patches.
+_VIT_TINY = {"vit_ti16": 32, "vit_s16": 48, "vit_b16": 64}
+
+
+def _vit_tiny(width):
+    return (("backbone", dict(image_size=32, patch_size=8, num_layers=2, hidden_dim=width,
+                              num_heads=2, mlp_dim=2 * width)), ("num_classes", 10))
+
+
+CLIP_TINY = (("image_encoder", dict(image_size=32, patch_size=8, num_layers=2, hidden_dim=32,
+                                    num_heads=2, mlp_dim=64)),
+             ("text_encoder", dict(vocabulary_size=64, context_length=8, num_layers=2,
+                                   hidden_dim=32, num_heads=2, mlp_dim=64, end_token_id=63)),
+             ("projection_dim", 16))
+DETR_TINY = (("backbone", dict(stage_filters=[2, 4, 4, 8], blocks_per_stage=[1, 1, 1, 1],
+                               stem_filters=8, frozen_stages=1)),
+             ("num_classes", 3), ("num_queries", 5), ("hidden_dim", 16), ("num_heads", 2),
+             ("num_encoder_layers", 1), ("num_decoder_layers", 2), ("mlp_dim", 32))
+IGPT_TINY = (("backbone", dict(vocabulary_size=17, sequence_length=16, hidden_dim=16,
+                               num_layers=2, num_heads=2)),)
+# DETR's input side: 800 x 1066 is a 4:3 COCO image after the shorter side is resized to 800
+# (the longest-side cap is 1333); the tiny run keeps the aspect ratio.
+DETR_IMAGE = {"full": (800, 1066), "tiny": (48, 64)}
+DETR_MAX_BOXES = {"full": 20, "tiny": 4}
+
+
+def all_cases(size="full"):
+    """Every case at `size` ("full": published configurations, "tiny": smoke sizes)."""
+    if size not in SIZES:
+        raise ValueError(f"`size` must be one of {SIZES}; received {size!r}.")
+    full = size == "full"
+    cases = []
+    for name, (preset, label) in _VIT.items():
+        overrides = () if full else _vit_tiny(_VIT_TINY[name])
+        for mode in ("train", "infer"):
+            cases.append(Case(name, "vit", mode, preset, overrides, 256 if full else 4,
+                              "images", label))
+    cases.append(Case("clip_b32", "clip", "train", "clip_vit_base_patch32",
+                      () if full else CLIP_TINY, 256 if full else 4, "pairs", "CLIP ViT-B/32"))
+    cases.append(Case("detr_r50", "detr", "train", "detr_resnet50", () if full else DETR_TINY,
+                      4 if full else 2, "images", "DETR-R50 @800x1066"))
+    igpt = () if full else IGPT_TINY
+    cases.append(Case("igpt_s", "igpt", "train", "igpt_small", igpt, 32 if full else 4,
+                      "images", "iGPT-S @32x32"))
+    cases.append(Case("igpt_s", "igpt", "sample", "igpt_small", igpt, 8 if full else 2,
+                      "pixels", "iGPT-S @32x32"))
+    return cases
+
+
+def select(cases, families=None, names=None, modes=None):
+    """The cases whose family, name (or key) and mode are in the given lists (None: all)."""
+    out = []
+    if names:  # in the order given
+        cases = sorted(cases, key=lambda c: min(
+            [i for i, n in enumerate(names) if n in (c.name, c.key)] or [len(names)]))
+    for case in cases:
+        if families and case.family not in families:
+            continue
+        if names and case.name not in names and case.key not in names:
+            continue
+        if modes and case.mode not in modes:
+            continue
+        out.append(case)
+    return out
+
+
+def resolved_config(case):
+    """The preset's model config with the case's overrides (nested dicts merged)."""
+    from keras_vtx.models.presets import get_preset
+
+    config = dict(get_preset(case.preset)["config"])
+    for key, value in case.overrides:
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            # A tiny override replaces the published sizes but keeps other settings
+            # (CLIP's quick_gelu, DETR's frozen stages); DETR's backbone depth gives way
+            # to explicit stage sizes.
+            base = {k: v for k, v in config[key].items() if k != "depth"}
+            config[key] = {**base, **value}
+        else:
+            config[key] = value
+    return config
+
+
+def make_inputs(case, config, seed=0):
+    """NumPy inputs `(x, y)` for the case (y is None where the model needs no labels)."""
+    rng = np.random.default_rng(seed)
+    b = case.batch
+    if case.family == "vit":
+        side = config["backbone"]["image_size"]
+        x = rng.uniform(0, 255, (b, side, side, 3)).astype("float32")
+        y = rng.integers(0, config["num_classes"], b).astype("int32")
+        return x, y
+    if case.family == "clip":
+        side = config["image_encoder"]["image_size"]
+        text = config["text_encoder"]
+        length, end = text["context_length"], text["end_token_id"]
+        images = rng.uniform(0, 255, (b, side, side, 3)).astype("float32")
+        # Random tokens, then the end token, then padding; the end token's position varies.
+        ids = rng.integers(1, end - 1, (b, length)).astype("int32")
+        ends = rng.integers(length // 2, length, b)
+        for i, e in enumerate(ends):
+            ids[i, e] = end
+            ids[i, e + 1:] = 0
+        return {"images": images, "token_ids": ids}, None
+    if case.family == "detr":
+        size = "full" if config["num_queries"] == 100 else "tiny"
+        h, w = DETR_IMAGE[size]
+        images = rng.standard_normal((b, h, w, 3)).astype("float32")
+        mask = np.ones((b, h, w), "int32")
+        m = DETR_MAX_BOXES[size]
+        boxes = np.zeros((b, m, 4), "float32")
+        labels = np.full((b, m), -1, "int32")
+        for i in range(b):
+            n = int(rng.integers(1, m + 1))
+            boxes[i, :n, :2] = rng.uniform(0.2, 0.8, (n, 2))
+            boxes[i, :n, 2:] = rng.uniform(0.05, 0.3, (n, 2))
+            labels[i, :n] = rng.integers(0, config["num_classes"], n)
+        return {"images": images, "pixel_mask": mask}, {"boxes": boxes, "labels": labels}
+    if case.family == "igpt":
+        backbone = config["backbone"]
+        ids = rng.integers(0, backbone["vocabulary_size"] - 1,
+                           (b, backbone["sequence_length"])).astype("int32")
+        return ids, np.zeros((b,), "int32")
+    raise ValueError(f"Unknown family {case.family!r}.")
+
+
+def items_per_step(case, config):
+    """Images, pairs or generated pixels per timed call."""
+    if case.mode == "sample":
+        return case.batch * config["backbone"]["sequence_length"]
+    return case.batch

@@ -174,3 +174,16 @@ def test_peak_table_prefers_the_specific_name():
     assert table_peak("NVIDIA H100 80GB HBM3", "float32") == pytest.approx(494.7e12)
     assert table_peak("TPU v5 lite", "bfloat16") == 197e12
     assert table_peak("AMD EPYC 7B13", "bfloat16") is None
+
+
+@pytest.mark.backend_independent
+def test_input_pipeline_benchmark_quick_run(tmp_path, capsys):
+    benchmark = _load("input_pipeline_benchmark")
+    out = tmp_path / "pipeline.json"
+    records = benchmark.main(["--quick", "--json", str(out), "--model-rate", "1000"])
+    assert [r["pipeline"] for r in records] == ["keras_vtx", "tf.io"]
+    assert json.loads(out.read_text()) == records
+    for r in records:
+        assert r["images_per_s"] > 0 and r["cpu_cores"] >= 1
+        assert r["cores_to_feed_model"] == pytest.approx(1000 / r["images_per_s_per_core"])
+    assert "keras_vtx / tf.io" in capsys.readouterr().out

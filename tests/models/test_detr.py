@@ -133,9 +133,13 @@ def test_gradients_reach_backbone_transformer_and_heads(model):
 
 
 @pytest.mark.slow  # an XLA compile of model + matcher: ~40 s on 2 CPU cores
-def test_fit_compiles_the_matcher_into_the_train_step():
-    model = _model()
-    model.compile()
+def test_fit_compiles_the_matcher_and_stays_finite_in_mixed_precision():
+    # One compiled step serves both promises (each DETR compile costs tens of seconds on
+    # a CPU): the matcher inside the XLA step, and 25 mixed-precision steps with dropout
+    # that stay finite and learn.
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    model = _model(dropout=0.1, attention_dropout=0.1)
+    model.compile(learning_rate=1e-3, backbone_learning_rate=1e-4)
     # "auto": in the compiled step on TensorFlow and JAX, scipy on eager PyTorch.
     assert model.loss.resolved_matcher == ("scipy" if BACKEND == "torch" else "graph")
     assert isinstance(model.optimizer, ScaledAdamW)
@@ -144,16 +148,24 @@ def test_fit_compiles_the_matcher_into_the_train_step():
     assert model.optimizer.learning_rate_multiplier(model.object_queries) == 1.0
     if BACKEND in ("tensorflow", "jax"):
         assert model.jit_compile
-    x, y = _inputs(), _targets()
+    x, y = _inputs(size=(32, 32)), _targets()
     before = [to_numpy(v) for v in model.trainable_variables]
-    history = model.fit(x, y, batch_size=2, epochs=2, verbose=0)
+    history = model.fit(x, y, batch_size=2, epochs=25, verbose=0)
     losses = history.history["loss"]
-    assert len(losses) == 2 and np.all(np.isfinite(losses))
+    assert len(losses) == 25 and np.all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+    assert all(np.all(np.isfinite(to_numpy(v))) for v in model.weights)
+    # Every weight moves except the attention query/key biases: the key bias cancels in
+    # the softmax (zero gradient in exact arithmetic) and at these widths the query bias's
+    # bfloat16 gradient rounds to zero too. test_gradients_reach_backbone_transformer_and_heads
+    # checks every gradient in float32.
     unchanged = [v.path for b, v in zip(before, model.trainable_variables)
-                 if np.all(b == to_numpy(v)) and v.path not in DEGENERATE]
+                 if np.all(b == to_numpy(v)) and v.path not in DEGENERATE
+                 and not v.path.endswith(("query/bias", "key/bias"))]
     assert not unchanged
-    expected = model.loss(y, model(x))
-    assert np.isfinite(float(to_numpy(expected)))
+    out = model(x)
+    assert keras.backend.standardize_dtype(out["logits"].dtype) == "float32"
+    assert np.isfinite(float(to_numpy(model.loss(y, out))))
 
 
 def test_scaled_adamw_matches_a_parameter_group():
@@ -256,20 +268,6 @@ def test_published_parameter_counts(name):
     )
     assert model.count_params() - frozen_norms == PARAMETER_COUNTS[name]
     assert model.backbone.output_stride == (16 if name.endswith("dc5") else 32)
-
-
-@pytest.mark.slow
-def test_no_nan_over_50_mixed_precision_steps():
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    model = _model(dropout=0.1, attention_dropout=0.1)
-    model.compile(learning_rate=1e-3, backbone_learning_rate=1e-4)
-    x, y = _inputs(size=(32, 32)), _targets()
-    history = model.fit(x, y, batch_size=2, epochs=50, verbose=0)
-    assert np.all(np.isfinite(history.history["loss"]))
-    assert all(np.all(np.isfinite(to_numpy(v))) for v in model.weights)
-    out = model(x)
-    assert keras.backend.standardize_dtype(out["logits"].dtype) == "float32"
-    assert history.history["loss"][-1] < history.history["loss"][0]
 
 
 def test_builds_after_a_functional_task():

@@ -24,10 +24,10 @@ What a pipeline does, in order:
    `"auto"` (`"random"` for `image_size <= 64`, the small images where an
    Inception crop loses the object, else `"random_resized"`). Evaluation:
    shorter side resized to `image_size / eval_crop_fraction`, centre crop.
+   Training also flips each image horizontally at random when `flip`.
 5. **Batch** (`batch_size`, the global batch; the remainder is dropped in
    training so that every step has the same shape).
 6. **Augment** batches (training) with Keras 3 layers run inside tf.data:
-   `keras.layers.RandomFlip("horizontal")` when `flip`,
    `keras.layers.RandAugment(factor=rand_augment)` when `rand_augment`, then
    `keras.layers.MixUp(alpha=mixup_alpha)` and/or
    `keras.layers.CutMix(factor=cutmix_alpha)` (one of the two per batch, at
@@ -176,6 +176,11 @@ def _pipeline(
                 )
             else:
                 image = image_transforms.padded_random_crop(image, image_size, pair, padding)
+            if flip:
+                # Per image, in this parallel map: Keras' RandomFlip layer on the
+                # batch halved the pipeline's images/s (benchmarks/input_pipeline_benchmark.py).
+                flip_seed = tf.random.experimental.stateless_fold_in(pair, 1)
+                image = tf.image.stateless_random_flip_left_right(image, flip_seed)
             return image, label
 
         dataset = tf.data.Dataset.zip((dataset, per_image_seeds))
@@ -201,9 +206,7 @@ def _batch_augmenter(training, flip, rand_augment, mixup_alpha, cutmix_alpha, nu
                      one_hot, seed):
     """Returns the per-batch map function: Keras augmentation layers, one-hot labels, clipping."""
     # float32 whatever the global dtype policy: mixed precision is for the model.
-    layers = []
-    if training and flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed, dtype="float32"))
+    layers = []  # the horizontal flip happens per image, in the crop map
     if training and rand_augment:
         layers.append(keras.layers.RandAugment(
             value_range=(0, 255), factor=rand_augment, seed=seed, dtype="float32"

@@ -36,10 +36,19 @@ What a pipeline does, in order:
    targets to `max_boxes` (an image with more keeps its first `max_boxes`
    boxes; such images are counted, logged and listed in
    `info.truncated_images`).
-6. **Batch** with padding: to a fixed `pad_to=(H, W)` (one static shape, the
-   best for XLA), or to the batch's largest image rounded up to a multiple of
-   `pad_multiple` (few distinct shapes). Training drops the last incomplete
-   batch.
+6. **Batch** with padding, so that XLA compiles the step for a few shapes
+   only: to one fixed `pad_to=(H, W)`; or (the default) to size buckets,
+   each batch padded to the smallest bucket its largest image fits in.
+   `pad_buckets="auto"` derives three from the sizes, landscape
+   `(S, L)`, portrait `(L, S)` and square `(L, L)` with `S` the largest
+   shorter side (`max(scales)` in training, `eval_size` in evaluation) and
+   `L = max_size`, both rounded up to `pad_multiple`; in training the
+   images are grouped by orientation before batching
+   (`group_by_orientation`, as detectron2's aspect-ratio grouping), so
+   batches are landscape or portrait and padding stays small. A batch that
+   fits no bucket is padded to its own size rounded up to `pad_multiple`.
+   With `pad_buckets=None`, every batch is padded to its largest image
+   rounded up to `pad_multiple`. Training drops the last incomplete batch.
 """
 
 import json
@@ -249,7 +258,7 @@ def read_coco_annotations(annotation_file, label_mode="contiguous", max_boxes=DE
 
 
 def _check_sizes(scales, max_size, crop_resize_scales, crop_size, eval_size, pad_to,
-                 pad_multiple, max_boxes):
+                 pad_multiple, max_boxes, pad_buckets=None):
     for name, values in (("scales", scales), ("crop_resize_scales", crop_resize_scales)):
         if not len(values) or any(isinstance(v, bool) or int(v) != v or v <= 0 for v in values):
             raise ValueError(f"`{name}` must be a non-empty list of positive ints; "
@@ -265,6 +274,43 @@ def _check_sizes(scales, max_size, crop_resize_scales, crop_size, eval_size, pad
         raise ValueError(f"`pad_to` must be None or (height, width); received {pad_to!r}.")
     if pad_multiple is not None:
         _positive_int("pad_multiple", pad_multiple)
+    if pad_buckets is not None and not (isinstance(pad_buckets, str) and pad_buckets == "auto"):
+        if isinstance(pad_buckets, str) or not len(pad_buckets) or any(
+                len(b) != 2 or any(isinstance(v, bool) or int(v) != v or v <= 0 for v in b)
+                for b in pad_buckets):
+            raise ValueError("`pad_buckets` must be None, 'auto' or a non-empty list of "
+                             f"(height, width) pairs of positive ints; received {pad_buckets!r}.")
+    if pad_to is not None and pad_buckets is not None and not isinstance(pad_buckets, str):
+        raise ValueError("Pass one of `pad_to` (one shape) and `pad_buckets` (a few shapes); "
+                         f"received pad_to={pad_to!r} and pad_buckets={pad_buckets!r}.")
+
+
+def _round_up(value, multiple):
+    multiple = multiple or 1
+    return -(-int(value) // multiple) * multiple
+
+
+def detr_pad_buckets(shorter, max_size, multiple=32):
+    """The automatic padding buckets of DETR batches: landscape, portrait and square.
+
+    An image resized by DETR's transforms has a shorter side of at most
+    `shorter` and a longer side of at most `max_size` (one pixel more for
+    very elongated images, from DETR's rounding), so a batch of landscape
+    images fits `(S, L)`, a batch of portrait images `(L, S)` and any batch
+    `(L, L)`, with `S`, `L` rounded up to `multiple` (tensor-core friendly
+    sizes; 32 is also ResNet's stride).
+
+    Example:
+    >>> detr_pad_buckets(800, 1333)
+    [(800, 1344), (1344, 800), (1344, 1344)]
+    """
+    if max_size is None:
+        raise ValueError("`pad_buckets='auto'` needs `max_size` to bound the longer side; "
+                         "received max_size=None (pass explicit buckets or pad_buckets=None).")
+    long_side = _round_up(max_size, multiple)
+    short_side = min(_round_up(shorter, multiple), long_side)
+    buckets = [(short_side, long_side), (long_side, short_side), (long_side, long_side)]
+    return list(dict.fromkeys(buckets))
 
 
 def coco_detection_dataset(
@@ -282,7 +328,9 @@ def coco_detection_dataset(
     eval_size=T.DETR_EVAL_SIZE,
     flip=True,
     pad_to=None,
-    pad_multiple=128,
+    pad_buckets="auto",
+    pad_multiple=32,
+    group_by_orientation=True,
     seed=0,
     shuffle_buffer=10_000,
     bad_files="skip",
@@ -310,8 +358,21 @@ def coco_detection_dataset(
         pad_to: None or `(height, width)`: pad every batch to this one size
             (static shapes for XLA); an image larger than it stops iteration
             with an error naming `pad_to`. Use `(max_size, max_size)` to be safe.
-        pad_multiple: None or int: without `pad_to`, the batch's largest height
-            and width are rounded up to a multiple of this (few distinct shapes).
+        pad_buckets: `"auto"`, a list of `(height, width)` buckets or None: each
+            batch is padded to the smallest bucket (by area) that holds its
+            largest image; `"auto"` is `detr_pad_buckets(S, max_size,
+            pad_multiple)` with `S = max(scales)` in training and `eval_size`
+            in evaluation (three shapes, so at most three compilations). A
+            batch that fits no bucket is padded as with `pad_buckets=None`.
+            `pad_to` takes precedence over `"auto"`; a list and `pad_to` together
+            are an error.
+        pad_multiple: None or int: without `pad_to` and buckets, the batch's
+            largest height and width are rounded up to a multiple of this; the
+            rounding of the automatic buckets.
+        group_by_orientation: bool, training only: batch landscape (and
+            square) images together and portrait images together, so a batch
+            fits a landscape or portrait bucket instead of the square one
+            (less padding; the order within each group stays random).
         seed: int, seeds shuffling and augmentation.
         shuffle_buffer: int, images in the shuffle buffer (training).
         bad_files: `"skip"` or `"raise"` for unreadable or missing images.
@@ -339,7 +400,15 @@ def coco_detection_dataset(
     """
     _positive_int("batch_size", batch_size)
     _check_sizes(scales, max_size, crop_resize_scales, crop_size, eval_size, pad_to,
-                 pad_multiple, max_boxes)
+                 pad_multiple, max_boxes, pad_buckets)
+    if pad_to is not None:
+        pad_buckets = None
+    elif isinstance(pad_buckets, str):
+        pad_buckets = detr_pad_buckets(
+            min(max(scales), max_size or max(scales)) if training else eval_size, max_size,
+            pad_multiple)
+    elif pad_buckets is not None:
+        pad_buckets = [(int(h), int(w)) for h, w in pad_buckets]
     if bad_files not in BAD_FILE_POLICIES:
         raise ValueError(f"`bad_files` must be one of {BAD_FILE_POLICIES}; "
                          f"received {bad_files!r}.")
@@ -415,10 +484,19 @@ def coco_detection_dataset(
         {"boxes": (max_boxes, 4), "labels": (max_boxes,), "image_id": (), "orig_size": (2,),
          "size": (2,)},
     )
-    dataset = dataset.padded_batch(batch_size, padded_shapes=padded_shapes,
-                                   drop_remainder=training)
-    if pad_to is None and pad_multiple:
-        dataset = dataset.map(_pad_to_multiple(pad_multiple),
+    if training and group_by_orientation and pad_to is None:
+        def batch_group(portrait, images):
+            return images.padded_batch(batch_size, padded_shapes=padded_shapes,
+                                       drop_remainder=True)
+
+        dataset = dataset.group_by_window(
+            key_func=lambda x, y: tf.cast(y["size"][0] > y["size"][1], tf.int64),
+            reduce_func=batch_group, window_size=batch_size)
+    else:
+        dataset = dataset.padded_batch(batch_size, padded_shapes=padded_shapes,
+                                       drop_remainder=training)
+    if pad_to is None and (pad_buckets or pad_multiple):
+        dataset = dataset.map(_pad_to_bucket(pad_buckets, pad_multiple),
                               num_parallel_calls=tf.data.AUTOTUNE)
     info = DetectionInfo(
         class_names=records["class_names"], category_ids=records["category_ids"],
@@ -436,10 +514,18 @@ def _dense(tensor):
     return tensor.to_tensor() if isinstance(tensor, tf.RaggedTensor) else tensor
 
 
-def _pad_to_multiple(multiple):
+def _pad_to_bucket(buckets, multiple):
+    """Pads a batch to the smallest bucket that holds it, else up to a multiple."""
+    multiple = multiple or 1
+    table = tf.constant(buckets or [(0, 0)], tf.int32)
+    areas = tf.cast(table[:, 0], tf.int64) * tf.cast(table[:, 1], tf.int64)
+
     def pad(x, y):
         shape = tf.shape(x["images"])
-        target = (shape[1:3] + multiple - 1) // multiple * multiple
+        rounded = (shape[1:3] + multiple - 1) // multiple * multiple
+        fits = tf.reduce_all(table >= shape[None, 1:3], axis=1)
+        best = tf.argmin(tf.where(fits, areas, tf.int64.max), output_type=tf.int32)
+        target = tf.where(tf.reduce_any(fits), table[best], rounded)
         extra = target - shape[1:3]
         paddings = [[0, 0], [0, extra[0]], [0, extra[1]]]
         x = {"images": tf.pad(x["images"], paddings + [[0, 0]]),

@@ -9,6 +9,7 @@ from PIL import Image
 
 from keras_vtx.data.coco_detection import (
     coco_detection_dataset,
+    detr_pad_buckets,
     load_detection_data,
     read_coco_annotations,
     validate_detection_targets,
@@ -102,12 +103,83 @@ def test_coco_id_labels_pad_to_and_pad_multiple(tmp_path):
     assert fixed.element_spec[0]["images"].shape.as_list() == [None, 48, 48, 3]
     assert {b[0]["images"].shape for b in _batches(fixed)} == {(2, 48, 48, 3), (1, 48, 48, 3)}
     rounded, _ = coco_detection_dataset(path, image_dir, training=False, batch_size=2,
-                                        **{**options, "pad_multiple": 20})
+                                        **{**options, "pad_multiple": 20, "pad_buckets": None})
     assert [b[0]["pixel_mask"].shape for b in _batches(rounded)] == [(2, 40, 60), (1, 60, 40)]
     too_small, _ = coco_detection_dataset(path, image_dir, training=False, batch_size=2,
                                           **{**options, "pad_to": (40, 40)})
     with pytest.raises(Exception, match="pad_to"):
         _batches(too_small)
+
+
+@pytest.mark.backend_independent
+def test_explicit_pad_buckets_pick_the_smallest_that_fits(tmp_path):
+    path, image_dir = _write_coco(tmp_path)
+    options = {**SMALL, "max_boxes": 3, "pad_multiple": 16}
+    plain, _ = coco_detection_dataset(path, image_dir, training=False, batch_size=1,
+                                      **{**options, "pad_buckets": None})
+    bucketed, _ = coco_detection_dataset(path, image_dir, training=False, batch_size=1,
+                                         **{**options,
+                                            "pad_buckets": [(40, 40), (32, 64), (64, 64)]})
+    # Sizes 32x48, 32x32, 48x24: the smallest bucket by area that holds each.
+    shapes = [x["images"].shape[1:3] for x, _ in _batches(bucketed)]
+    assert shapes == [(32, 64), (40, 40), (64, 64)]
+    for (x, y), (px, py) in zip(_batches(bucketed), _batches(plain)):
+        h, w = y["size"][0]
+        np.testing.assert_array_equal(x["images"][0, :h, :w], px["images"][0, :h, :w])
+        assert not x["images"][0, h:].any() and not x["images"][0, :, w:].any()
+        assert x["pixel_mask"].sum() == h * w
+        np.testing.assert_array_equal(y["boxes"], py["boxes"])
+    # A batch larger than every bucket is rounded up to `pad_multiple` instead.
+    small, _ = coco_detection_dataset(path, image_dir, training=False, batch_size=1,
+                                      **{**options, "pad_buckets": [(40, 40)]})
+    assert [x["images"].shape[1:3] for x, _ in _batches(small)] == [
+        (32, 48), (40, 40), (48, 32)]
+
+
+@pytest.mark.backend_independent
+def test_auto_buckets_and_orientation_groups_give_two_training_shapes(tmp_path):
+    root = tmp_path / "mixed"
+    root.mkdir()
+    images, annotations = [], []
+    for i in range(12):
+        h, w = (40, 60) if i % 3 else (60, 40)
+        Image.fromarray(np.full((h, w, 3), 20 * i, "uint8")).save(root / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "height": h, "width": w})
+        annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 1,
+                            "bbox": [4, 4, 20, 20], "iscrowd": 0})
+    path = root / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "box"}]}))
+    assert detr_pad_buckets(32, 48, 8) == [(32, 48), (48, 32), (48, 48)]
+    assert detr_pad_buckets(800, 1333) == [(800, 1344), (1344, 800), (1344, 1344)]
+    dataset, info = coco_detection_dataset(str(path), str(root), training=True, batch_size=2,
+                                           max_boxes=2, seed=1, **{**SMALL, "pad_multiple": 8})
+    shapes, orientations = set(), set()
+    for _ in range(3):  # reshuffled and re-augmented every epoch
+        batches = _batches(dataset)
+        assert 4 <= len(batches) <= 6  # incomplete groups are dropped
+        for x, y in batches:
+            shapes.add(x["images"].shape[1:3])
+            portrait = {bool(h > w) for h, w in y["size"]}
+            assert len(portrait) == 1, y["size"]  # one orientation per batch
+            orientations |= portrait
+            for mask, (h, w) in zip(x["pixel_mask"], y["size"]):
+                assert mask.sum() == h * w and mask[:h, :w].all()
+            validate_detection_targets(y["boxes"], y["labels"], info.num_classes)
+    assert shapes == {(32, 48), (48, 32)} and orientations == {True, False}
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("options, message", [
+    ({"pad_buckets": "big"}, "pad_buckets"),
+    ({"pad_buckets": [(0, 32)]}, "pad_buckets"),
+    ({"pad_buckets": [(32, 32)], "pad_to": (48, 48)}, "pad_to"),
+    ({"pad_buckets": "auto", "max_size": None}, "max_size"),
+])
+def test_bad_pad_buckets_are_clear_errors(tmp_path, options, message):
+    path, image_dir = _write_coco(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        coco_detection_dataset(path, image_dir, training=False, **{**SMALL, **options})
 
 
 @pytest.mark.backend_independent

@@ -106,6 +106,11 @@ def test_suite_smoke_run_on_this_backend(tmp_path, capsys):
                 assert r["peak_flops"] == r["measured_peak"]
             else:
                 assert r["peak_source"] == "table" and r["peak_flops"] >= 1e13
+        if r["implementation"].startswith("keras_vtx") and r["mode"] != "sample":
+            # The attention kernel the step ran (JAX's answer is recorded while tracing;
+            # cuDNN's fused attention needs a GPU, so XLA's on this CPU).
+            assert r["attention"] == {"jax": "xla", "tensorflow": "xla",
+                                      "torch": "sdpa"}[backend], r
         if r["case"] == "detr_r50_train" and r["implementation"].startswith("keras_vtx"):
             assert 0 < r["loss_fraction"] and r["loss_s"] > 0
         if references != "none" and r["implementation"].startswith("keras_vtx"):

@@ -185,9 +185,55 @@ def forward_flops(case, config, x):
     return flops_lib.count_flops(forward, trainable, non_trainable, inputs)
 
 
+class AttentionWatch:
+    """Records which attention kernel the JAX backend chose while the steps were traced.
+
+    Keras' JAX `dot_product_attention` asks `_can_use_flash_attention(q, k, v, bias)`
+    whether cuDNN's fused (flash) attention takes the call's shapes and dtypes, and runs
+    `jax.nn.dot_product_attention(implementation="cudnn")` if so, else the XLA einsum
+    version. The answers are wrapped and counted here, so a GPU run's table says which
+    path its figures come from. On TensorFlow attention is always XLA's; on PyTorch
+    `scaled_dot_product_attention` picks its kernel at run time (reported as "sdpa").
+    """
+
+    def __init__(self):
+        self.answers = []
+        self._module = None
+        if BACKEND == "jax":
+            try:
+                from keras.src.backend.jax import nn as module
+            except ImportError:  # pragma: no cover - a Keras without the private helper
+                return
+            if hasattr(module, "_can_use_flash_attention"):
+                self._module, self._original = module, module._can_use_flash_attention
+                module._can_use_flash_attention = self._wrapped
+
+    def _wrapped(self, *args, **kwargs):
+        answer = self._original(*args, **kwargs)
+        self.answers.append(bool(answer))
+        return answer
+
+    def close(self):
+        if self._module is not None:
+            self._module._can_use_flash_attention = self._original
+            self._module = None
+
+    def summary(self):
+        if BACKEND == "torch":
+            return "sdpa"
+        if BACKEND == "tensorflow":
+            return "xla"
+        if not self.answers:
+            return None
+        if all(self.answers):
+            return "cudnn (flash)"
+        return "xla" if not any(self.answers) else "mixed cudnn/xla"
+
+
 def run_case(case, precision, steps, warmup, repeats):
     """Measures one case under `precision`; returns a result record (no FLOPs/MFU yet)."""
     keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    watch = AttentionWatch()
     try:
         keras.utils.set_random_seed(0)
         config = cases_lib.resolved_config(case)
@@ -225,6 +271,8 @@ def run_case(case, precision, steps, warmup, repeats):
                       throughput=items / median, peak_bytes=peak_bytes())
         record["compiled"] = (bool(model.jit_compile) if case.mode == "train"
                               else BACKEND != "torch")
+        record["attention"] = watch.summary()
         return record
     finally:
+        watch.close()
         keras.config.set_dtype_policy("float32")

@@ -64,6 +64,8 @@ def markdown(meta, records):
                          f"({r['matcher']})")
         if r.get("compiled") is False and r["mode"] != "sample":
             notes.append("eager")
+        if r.get("attention"):
+            notes.append(f"attention: {r['attention']}")
         if r.get("peak_source") == "measured matmul":
             notes.append("MFU vs measured matmul peak")
         memory = r.get("peak_bytes")

@@ -50,8 +50,18 @@ def has_accelerator():
 
 # --- Worker side: runs in a subprocess with KERAS_BACKEND already set ---------------------
 
+def _cases(args):
+    """Every case at `--size`, with `--batch` applied."""
+    import dataclasses
+
+    cases = cases_lib.all_cases(args.size)
+    if args.batch:
+        cases = [dataclasses.replace(c, batch=args.batch) for c in cases]
+    return cases
+
+
 def _worker(args):
-    cases = {c.key: c for c in cases_lib.all_cases(args.size)}
+    cases = {c.key: c for c in _cases(args)}
     if args.worker == "flops":
         from vtx_bench import keras_impl
 
@@ -79,8 +89,14 @@ def _worker(args):
 
 def _measure(args, case, precision):
     if args.worker.startswith("keras_vtx"):
+        import keras
         from vtx_bench import flops as flops_lib
         from vtx_bench import keras_impl
+
+        if args.flash == "on":
+            keras.config.enable_flash_attention()
+        elif args.flash == "off":
+            keras.config.disable_flash_attention()
 
         out = keras_impl.run_case(case, precision, args.steps, args.warmup, args.repeats)
         out["device"] = keras_impl.device_name()
@@ -115,7 +131,8 @@ def _run_worker(args, implementation, keys, precisions, timeout):
     command = [sys.executable, os.path.abspath(__file__), "--worker", implementation,
                "--cases", ",".join(keys), "--precisions", ",".join(precisions),
                "--size", args.size, "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--repeats", str(args.repeats), "--reference-compile", args.reference_compile]
+               "--repeats", str(args.repeats), "--reference-compile", args.reference_compile,
+               "--flash", args.flash] + (["--batch", str(args.batch)] if args.batch else [])
     try:
         proc = subprocess.run(command, env=env, capture_output=True, text=True,
                               timeout=timeout)
@@ -152,6 +169,12 @@ def main(argv=None):
                              "or per implementation (faster; default on a CPU)")
     parser.add_argument("--flops-cache", default=None,
                         help="JSON file of forward FLOPs per case key, read and updated")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch size of every case (default: each case's own)")
+    parser.add_argument("--flash", choices=("auto", "on", "off"), default="auto",
+                        help="keras_vtx's fused attention: the backend decides (auto), "
+                             "keras.config.enable_flash_attention() (on: an error where it "
+                             "cannot run) or disable_flash_attention() (off)")
     parser.add_argument("--time-budget", type=float, default=None, help="seconds")
     parser.add_argument("--out", default="benchmark_results", help="output folder")
     parser.add_argument("--verbose", action="store_true", help="print the workers' stderr")
@@ -182,7 +205,9 @@ def main(argv=None):
         [r for r in REFERENCES if _installed(r) and _installed("torch")])
     precisions = names(args.precisions, cases_lib.PRECISIONS, "--precisions", None)
     families = names(args.families, cases_lib.FAMILIES, "--families", None) or None
-    cases = cases_lib.select(cases_lib.all_cases(args.size), families=families,
+    if args.batch is not None and args.batch <= 0:
+        parser.error(f"--batch: expected a positive int; received {args.batch}")
+    cases = cases_lib.select(_cases(args), families=families,
                              names=args.cases and args.cases.split(","),
                              modes=args.modes and args.modes.split(","))
     if not cases:
@@ -199,10 +224,14 @@ def main(argv=None):
     # Training and inference share one forward pass (same batch); sampling has no MFU.
     counted_as = {c.key: next(o.key for o in cases if o.name == c.name and o.mode != "sample")
                   for c in cases if c.mode != "sample"}
-    forward_flops = {}
+    # The counts are per batch: a --batch run keeps its own entries in the cache.
+    suffix = f"@batch{args.batch}" if args.batch else ""
+    cache = {}
     if args.flops_cache and os.path.exists(args.flops_cache):
         with open(args.flops_cache) as f:
-            forward_flops = json.load(f)
+            cache = json.load(f)
+    forward_flops = {k[:len(k) - len(suffix)]: v for k, v in cache.items()
+                     if (k.endswith(suffix) if suffix else "@" not in k)}
     missing = sorted({v for k, v in counted_as.items() if v not in forward_flops})
     if missing:
         print(f"Counting FLOPs of {len(missing)} models (JAX trace on the CPU)...", flush=True)
@@ -211,8 +240,9 @@ def main(argv=None):
         if error:
             print(f"FLOP count failed ({error}); MFU is left out.", flush=True)
         if args.flops_cache and counted:
+            cache.update({k + suffix: v for k, v in counted[0].items()})
             with open(args.flops_cache, "w") as f:
-                json.dump(forward_flops, f, indent=1)
+                json.dump(cache, f, indent=1)
     forward_flops = {k: forward_flops[v] for k, v in counted_as.items() if v in forward_flops}
 
     implementations = [f"keras_vtx[{b}]" for b in backends] + references

@@ -126,6 +126,38 @@ def test_suite_smoke_run_on_this_backend(tmp_path, capsys):
     assert table in capsys.readouterr().out
 
 
+@pytest.mark.only_backend("torch")  # eager PyTorch steps; the FLOP worker is JAX's anyway
+def test_suite_batch_override_flash_switch_and_per_batch_flop_cache(tmp_path):
+    suite = _suite()
+    from vtx_bench import cases as cases_lib
+    from vtx_bench import flops as flops_lib
+
+    # The cache holds the default batch's count (a stand-in value here): a --batch run
+    # must neither use nor overwrite it, and keeps its own count beside it.
+    cache = tmp_path / "flops.json"
+    cache.write_text(json.dumps({"vit_ti16_infer": 12345}))
+    meta, (record,) = suite.main([
+        "--size", "tiny", "--backends", "torch", "--references", "none", "--precisions",
+        "float32", "--cases", "vit_ti16_infer", "--steps", "1", "--warmup", "0", "--repeats",
+        "1", "--flops-cache", str(cache), "--batch", "2", "--flash", "off",
+        "--out", str(tmp_path)])
+    assert record["batch"] == 2 and "throughput" in record, record
+    assert record["throughput"] == pytest.approx(2 / record["step_s"])
+    assert record["attention"] == "sdpa"
+    case = cases_lib.select(cases_lib.all_cases("tiny"), names=["vit_ti16_infer"])[0]
+    b = cases_lib.resolved_config(case)["backbone"]
+    expected = flops_lib.vit_forward_flops(2, b["image_size"], b["patch_size"],
+                                           b["num_layers"], b["hidden_dim"], b["mlp_dim"],
+                                           cases_lib.resolved_config(case)["num_classes"])
+    assert json.loads(cache.read_text()) == {"vit_ti16_infer": 12345,
+                                             "vit_ti16_infer@batch2": expected}
+    assert meta["forward_flops"] == {"vit_ti16_infer": expected}
+    assert record["flops_per_step"] == expected
+    assert "--batch 2" in meta["command"]
+    with pytest.raises(SystemExit):
+        suite.main(["--batch", "0", "--out", str(tmp_path)])
+
+
 @pytest.mark.only_backend("jax")
 def test_traced_flops_count_matmuls_and_convolutions():
     import jax

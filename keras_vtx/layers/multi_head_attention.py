@@ -7,7 +7,11 @@ class MultiHeadAttention(keras.layers.Layer):
     """Multi-head scaled dot-product attention with separate query/key/value projections.
 
     The attention itself runs through `keras.ops.dot_product_attention`, so the
-    backend's fused kernels (cuDNN / flash attention) are used where it has them.
+    backend's fused kernels (cuDNN / flash attention) are used where it has them;
+    Keras' global switch applies as to Keras' own attention layers:
+    `keras.config.disable_flash_attention()` keeps every call on the plain
+    kernel, `keras.config.enable_flash_attention()` demands the fused one (an
+    error where the backend cannot run it), and by default the backend decides.
     When attention probabilities are needed (attention dropout while training,
     or `return_attention_scores=True` for analysis) an explicit path computes
     the softmax in float32.
@@ -175,7 +179,9 @@ class MultiHeadAttention(keras.layers.Layer):
         if explicit:
             out, probs = self._explicit_attention(q, k, v, mask, is_causal, training)
         else:
-            out = ops.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+            out = ops.dot_product_attention(
+                q, k, v, mask=mask, is_causal=is_causal,
+                flash_attention=keras.config.is_flash_attention_enabled())
         shape = ops.shape(out)
         out = ops.reshape(out, (shape[0], shape[1], self.num_heads * self.head_dim))
         out = self.output_dense(out)

@@ -264,3 +264,31 @@ def test_cache_under_mixed_precision():
     assert keras.backend.standardize_dtype(cache.dtype) == "float16"
     decoded, _ = _decode_in_steps(layer, x, prefill=1)
     assert_allclose(decoded.astype("float32"), to_numpy(full).astype("float32"), atol=1e-2)
+
+
+@pytest.mark.parametrize("switch", ["default", "disable"])
+def test_keras_flash_attention_switch_reaches_the_kernel(monkeypatch, switch):
+    from keras.src.backend.common import global_state
+
+    seen = []
+    original = keras.ops.dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("flash_attention", "missing"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(keras.ops, "dot_product_attention", spy)
+    previous = global_state.get_global_attribute("flash_attention")
+    try:
+        if switch == "disable":
+            keras.config.disable_flash_attention()
+        x = _x(2, 5, 8)
+        mask = RNG.random((2, 5, 5)) < 0.7
+        mask[..., 0] = True
+        layer = _layer(x.shape)
+        expected, _ = np_attention(layer, x, mask=mask)
+        assert_allclose(layer(x, attention_mask=mask), expected, atol=1e-5)
+        # None: the backend picks its kernel; False: the plain one, on every backend.
+        assert seen == [None if switch == "default" else False]
+    finally:
+        global_state.set_global_attribute("flash_attention", previous)

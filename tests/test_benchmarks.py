@@ -5,6 +5,7 @@ import json
 import os
 
 import keras
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -228,3 +229,21 @@ def test_input_pipeline_benchmark_quick_run(tmp_path, capsys):
         assert r["images_per_s"] > 0 and r["cpu_cores"] >= 1
         assert r["cores_to_feed_model"] == pytest.approx(1000 / r["images_per_s_per_core"])
     assert "keras_vtx / tf.io" in capsys.readouterr().out
+
+
+@pytest.mark.only_backend("torch")  # eager steps: the cheapest; the policies are tf.data's
+def test_detr_padding_benchmark_quick_run(tmp_path, capsys):
+    benchmark = _load("detr_padding_benchmark")
+    out = tmp_path / "padding.json"
+    records = benchmark.main(["--quick", "--json", str(out)])
+    assert [r["policy"] for r in records] == ["per batch", "buckets"]
+    assert json.loads(out.read_text()) == records
+    for r in records:
+        assert r["steps"] == 4 and r["fit_s"] > 0 and np.isfinite(r["final_loss"]), r
+        assert r["distinct_shapes"] == len(r["shapes"]) >= 1
+        assert 0 <= r["padded_fraction"] < 1
+    # Sides up to 128 px, shorter sides up to 96: landscape and portrait buckets only
+    # (orientation groups), while per-batch padding rounds each batch to 32.
+    assert {tuple(s) for s in records[1]["shapes"]} <= {(96, 128), (128, 96)}
+    assert all(h % 32 == 0 and w % 32 == 0 for h, w in records[0]["shapes"])
+    assert "per batch / buckets" in capsys.readouterr().out

@@ -363,9 +363,10 @@ def coco_detection_dataset(
             largest image; `"auto"` is `detr_pad_buckets(S, max_size,
             pad_multiple)` with `S = max(scales)` in training and `eval_size`
             in evaluation (three shapes, so at most three compilations). A
-            batch that fits no bucket is padded as with `pad_buckets=None`.
-            `pad_to` takes precedence over `"auto"`; a list and `pad_to` together
-            are an error.
+            batch that fits no bucket is padded as with `pad_buckets=None`, and
+            so is every batch with `"auto"` and `max_size=None` (nothing bounds
+            the longer side). `pad_to` takes precedence over `"auto"`; a list
+            and `pad_to` together are an error.
         pad_multiple: None or int: without `pad_to` and buckets, the batch's
             largest height and width are rounded up to a multiple of this; the
             rounding of the automatic buckets.
@@ -401,7 +402,8 @@ def coco_detection_dataset(
     _positive_int("batch_size", batch_size)
     _check_sizes(scales, max_size, crop_resize_scales, crop_size, eval_size, pad_to,
                  pad_multiple, max_boxes, pad_buckets)
-    if pad_to is not None:
+    if pad_to is not None or (isinstance(pad_buckets, str) and max_size is None):
+        # No longer side to bound without `max_size`: "auto" pads batch by batch.
         pad_buckets = None
     elif isinstance(pad_buckets, str):
         pad_buckets = detr_pad_buckets(

@@ -174,12 +174,23 @@ def test_auto_buckets_and_orientation_groups_give_two_training_shapes(tmp_path):
     ({"pad_buckets": "big"}, "pad_buckets"),
     ({"pad_buckets": [(0, 32)]}, "pad_buckets"),
     ({"pad_buckets": [(32, 32)], "pad_to": (48, 48)}, "pad_to"),
-    ({"pad_buckets": "auto", "max_size": None}, "max_size"),
 ])
 def test_bad_pad_buckets_are_clear_errors(tmp_path, options, message):
     path, image_dir = _write_coco(tmp_path)
     with pytest.raises(ValueError, match=message):
         coco_detection_dataset(path, image_dir, training=False, **{**SMALL, **options})
+
+
+@pytest.mark.backend_independent
+def test_auto_buckets_without_max_size_pad_batch_by_batch(tmp_path):
+    with pytest.raises(ValueError, match="max_size"):
+        detr_pad_buckets(800, None)
+    path, image_dir = _write_coco(tmp_path)
+    # Nothing bounds the longer side: the default "auto" falls back to per-batch padding.
+    dataset, _ = coco_detection_dataset(path, image_dir, training=False, batch_size=1,
+                                        **{**SMALL, "max_size": None, "pad_multiple": 16})
+    shapes = [x["images"].shape[1:3] for x, _ in _batches(dataset)]
+    assert shapes == [(32, 48), (32, 32), (64, 32)]  # c: 64x32 -> shorter side 32, 64x32
 
 
 @pytest.mark.backend_independent

@@ -260,7 +260,7 @@ def read_coco_annotations(annotation_file, label_mode="contiguous", max_boxes=DE
 def _check_sizes(scales, max_size, crop_resize_scales, crop_size, eval_size, pad_to,
                  pad_multiple, max_boxes, pad_buckets=None):
     for name, values in (("scales", scales), ("crop_resize_scales", crop_resize_scales)):
-        if not len(values) or any(isinstance(v, bool) or int(v) != v or v <= 0 for v in values):
+        if not len(values) or not _positive_ints(values):
             raise ValueError(f"`{name}` must be a non-empty list of positive ints; "
                              f"received {values!r}.")
     if max_size is not None:
@@ -274,15 +274,19 @@ def _check_sizes(scales, max_size, crop_resize_scales, crop_size, eval_size, pad
         raise ValueError(f"`pad_to` must be None or (height, width); received {pad_to!r}.")
     if pad_multiple is not None:
         _positive_int("pad_multiple", pad_multiple)
-    if pad_buckets is not None and not (isinstance(pad_buckets, str) and pad_buckets == "auto"):
-        if isinstance(pad_buckets, str) or not len(pad_buckets) or any(
-                len(b) != 2 or any(isinstance(v, bool) or int(v) != v or v <= 0 for v in b)
-                for b in pad_buckets):
-            raise ValueError("`pad_buckets` must be None, 'auto' or a non-empty list of "
-                             f"(height, width) pairs of positive ints; received {pad_buckets!r}.")
-    if pad_to is not None and pad_buckets is not None and not isinstance(pad_buckets, str):
+    if pad_buckets is None or (isinstance(pad_buckets, str) and pad_buckets == "auto"):
+        return
+    if isinstance(pad_buckets, str) or not len(pad_buckets) or not all(
+            len(b) == 2 and _positive_ints(b) for b in pad_buckets):
+        raise ValueError("`pad_buckets` must be None, 'auto' or a non-empty list of "
+                         f"(height, width) pairs of positive ints; received {pad_buckets!r}.")
+    if pad_to is not None:
         raise ValueError("Pass one of `pad_to` (one shape) and `pad_buckets` (a few shapes); "
                          f"received pad_to={pad_to!r} and pad_buckets={pad_buckets!r}.")
+
+
+def _positive_ints(values):
+    return all(not isinstance(v, bool) and int(v) == v and v > 0 for v in values)
 
 
 def _round_up(value, multiple):
@@ -406,9 +410,8 @@ def coco_detection_dataset(
         # No longer side to bound without `max_size`: "auto" pads batch by batch.
         pad_buckets = None
     elif isinstance(pad_buckets, str):
-        pad_buckets = detr_pad_buckets(
-            min(max(scales), max_size or max(scales)) if training else eval_size, max_size,
-            pad_multiple)
+        pad_buckets = detr_pad_buckets(max(scales) if training else eval_size, max_size,
+                                       pad_multiple)
     elif pad_buckets is not None:
         pad_buckets = [(int(h), int(w)) for h, w in pad_buckets]
     if bad_files not in BAD_FILE_POLICIES:
@@ -519,15 +522,17 @@ def _dense(tensor):
 def _pad_to_bucket(buckets, multiple):
     """Pads a batch to the smallest bucket that holds it, else up to a multiple."""
     multiple = multiple or 1
-    table = tf.constant(buckets or [(0, 0)], tf.int32)
-    areas = tf.cast(table[:, 0], tf.int64) * tf.cast(table[:, 1], tf.int64)
+    if buckets:
+        table = tf.constant(buckets, tf.int32)
+        areas = tf.cast(table[:, 0], tf.int64) * tf.cast(table[:, 1], tf.int64)
 
     def pad(x, y):
         shape = tf.shape(x["images"])
-        rounded = (shape[1:3] + multiple - 1) // multiple * multiple
-        fits = tf.reduce_all(table >= shape[None, 1:3], axis=1)
-        best = tf.argmin(tf.where(fits, areas, tf.int64.max), output_type=tf.int32)
-        target = tf.where(tf.reduce_any(fits), table[best], rounded)
+        target = (shape[1:3] + multiple - 1) // multiple * multiple
+        if buckets:
+            fits = tf.reduce_all(table >= shape[None, 1:3], axis=1)
+            best = tf.argmin(tf.where(fits, areas, tf.int64.max), output_type=tf.int32)
+            target = tf.where(tf.reduce_any(fits), table[best], target)
         extra = target - shape[1:3]
         paddings = [[0, 0], [0, extra[0]], [0, extra[1]]]
         x = {"images": tf.pad(x["images"], paddings + [[0, 0]]),

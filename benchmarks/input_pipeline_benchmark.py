@@ -5,19 +5,24 @@
     python benchmarks/input_pipeline_benchmark.py --quick              # smoke run
 
 Writes synthetic JPEGs (ImageNet-like 500 x 375, random content) to a temporary folder and
-times two pipelines over them, side by side in one process, both with ViT's training
-augmentation (random resized crop to 224, flip) and batches of 64:
+times three pipelines over them, side by side in one process (passes interleaved), all with
+ViT's training augmentation (random resized crop to 224, flip) and batches of 64:
 
-- `keras_vtx`: `keras_vtx.data.dataset_from_files`, the pipeline the recipes use. It
-  decodes with PIL through `tf.numpy_function`, which is what lets it skip and count an
-  unreadable file instead of stopping a long run.
+- `keras_vtx`: `keras_vtx.data.dataset_from_files`, the pipeline the recipes use: `tf.io`
+  decoding in the graph, each file tried in a one-element dataset with `ignore_errors()`
+  and retried with PIL when it fails, which is what lets it skip and name an unreadable
+  file instead of stopping a long run.
+- `keras_vtx, PIL only`: the same pipeline decoding every file with PIL through
+  `tf.numpy_function` (what keras_vtx did before the in-graph path).
 - `tf.io`: a plain tf.data pipeline decoding with `tf.io.decode_jpeg` (no bad-file policy)
   with the same augmentation (antialiased resize, per-image flip), as a reference for what
   this host can do without the bad-file policy.
 
-The table gives images/s (median of timed passes after a warm-up pass), images/s per CPU
-core, and how many such cores it takes to keep up with `--model-rate` images/s (default:
-ViT-B/16 bf16 training with keras_vtx on JAX, measured on one H200, docs/benchmarks.md).
+The table gives images/s (median of the timed passes after a warm-up pass), the CPU time
+per image (process CPU time over a pass, all threads: steadier than images/s on a shared
+machine), and how many cores at that cost it takes to keep up with `--model-rate` images/s
+(default: ViT-B/16 bf16 training with keras_vtx on JAX, measured on one H200,
+docs/benchmarks.md).
 """
 
 import argparse
@@ -56,6 +61,33 @@ def keras_vtx_pipeline(paths, image_size, batch_size):
                               batch_size=batch_size)
 
 
+def pil_only_pipeline(paths, image_size, batch_size):
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+
+    from keras_vtx.data import image_classification
+
+    def read(path):
+        with Image.open(path.decode()) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+    def pil_decoder(report, bad_files):
+        def decode(path, label):
+            image = tf.numpy_function(read, [path], tf.uint8, stateful=False)
+            image.set_shape((None, None, 3))
+            return image, label
+
+        return lambda dataset: dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+    original = image_classification._decoder
+    image_classification._decoder = pil_decoder
+    try:
+        return keras_vtx_pipeline(paths, image_size, batch_size)
+    finally:
+        image_classification._decoder = original
+
+
 def tf_io_pipeline(paths, image_size, batch_size):
     import tensorflow as tf
 
@@ -75,16 +107,17 @@ def tf_io_pipeline(paths, image_size, batch_size):
     return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def time_pipeline(dataset, passes):
-    """Images/s of full passes over `dataset` (the first pass is a warm-up)."""
-    rates = []
-    for i in range(passes + 1):
-        start, images = time.perf_counter(), 0
-        for x, _ in dataset:
-            images += int(x.shape[0])
-        if i:
-            rates.append(images / (time.perf_counter() - start))
-    return statistics.median(rates), images
+def time_pass(dataset):
+    """(images/s, CPU ms per image) of one full pass over `dataset`."""
+    start, cpu, images = time.perf_counter(), time.process_time(), 0
+    for x, _ in dataset:
+        images += int(x.shape[0])
+    return (images / (time.perf_counter() - start),
+            1000 * (time.process_time() - cpu) / images)
+
+
+PIPELINES = (("keras_vtx", keras_vtx_pipeline), ("keras_vtx, PIL only", pil_only_pipeline),
+             ("tf.io", tf_io_pipeline))
 
 
 def main(argv=None):
@@ -104,22 +137,33 @@ def main(argv=None):
     records = []
     with tempfile.TemporaryDirectory() as folder:
         paths = write_jpegs(folder, args.images, (500, 375))
-        for name, build in (("keras_vtx", keras_vtx_pipeline), ("tf.io", tf_io_pipeline)):
-            rate, _ = time_pipeline(build(paths, args.image_size, args.batch), args.passes)
-            records.append(dict(pipeline=name, images_per_s=rate, cpu_cores=cores,
-                                images_per_s_per_core=rate / cores,
-                                cores_to_feed_model=args.model_rate / (rate / cores),
+        datasets = {name: build(paths, args.image_size, args.batch) for name, build in PIPELINES}
+        for dataset in datasets.values():
+            time_pass(dataset)  # warm-up: tracing, autotuning, file cache
+        passes = {name: [] for name in datasets}
+        for _ in range(args.passes):  # interleaved, so that a noisy moment hits all alike
+            for name, dataset in datasets.items():
+                passes[name].append(time_pass(dataset))
+        for name, measured in passes.items():
+            rate = statistics.median(r for r, _ in measured)
+            cpu_ms = statistics.median(c for _, c in measured)
+            records.append(dict(pipeline=name, images_per_s=rate, cpu_ms_per_image=cpu_ms,
+                                cpu_cores=cores, cores_to_feed_model=args.model_rate * cpu_ms / 1000,
                                 model_rate=args.model_rate, image_size=args.image_size,
                                 batch=args.batch, images=args.images))
     print(f"{args.images} JPEGs (500x375) -> {args.image_size} px random resized crop + flip, "
           f"batch {args.batch}, {cores} CPU cores; model step rate {args.model_rate:,.0f} images/s")
-    header = f"{'pipeline':<11}{'images/s':>10}{'per core':>10}{'cores to feed model':>21}"
+    header = (f"{'pipeline':<21}{'images/s':>10}{'CPU ms/image':>14}"
+              f"{'cores to feed model':>21}")
     print(header)
     print("-" * len(header))
     for r in records:
-        print(f"{r['pipeline']:<11}{r['images_per_s']:>10.0f}{r['images_per_s_per_core']:>10.0f}"
+        print(f"{r['pipeline']:<21}{r['images_per_s']:>10.0f}{r['cpu_ms_per_image']:>14.2f}"
               f"{r['cores_to_feed_model']:>21.1f}")
-    print(f"keras_vtx / tf.io: {records[0]['images_per_s'] / records[1]['images_per_s']:.2f}")
+    by_name = {r["pipeline"]: r for r in records}
+    for other in ("keras_vtx, PIL only", "tf.io"):
+        print(f"CPU time per image, keras_vtx / {other}: "
+              f"{by_name['keras_vtx']['cpu_ms_per_image'] / by_name[other]['cpu_ms_per_image']:.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(records, f, indent=2)

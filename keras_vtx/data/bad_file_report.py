@@ -9,9 +9,10 @@ logger = logging.getLogger("keras_vtx.data")
 class BadFileReport:
     """Counts the unreadable image files a pipeline skipped and keeps the first few names.
 
-    The pipelines of `keras_vtx.data` decode files on the Python side (PIL,
-    inside `tf.numpy_function`) and call `add()` for each file that fails, from
-    tf.data's worker threads: the report is thread-safe. A file that fails
+    The pipelines of `keras_vtx.data` decode files with `tf.io`, retry a file
+    that fails with PIL (inside `tf.numpy_function`) and call `add()` for each
+    file that PIL cannot read either, from tf.data's worker threads: the
+    report is thread-safe. A file that fails
     again in a later epoch is counted once. The first `max_examples` files are
     also logged as warnings on the `"keras_vtx.data"` logger.
 

@@ -440,9 +440,7 @@ def coco_detection_dataset(
     dataset = _shard_deterministically(source, num_shards, shard_index)
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(_decoder(report, bad_files), num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.filter(lambda image, target, ok: ok)
-    dataset = dataset.map(lambda image, target, ok: (image, target))
+    dataset = _decoder(report, bad_files)(dataset)
 
     transform_options = dict(scales=tuple(int(s) for s in scales), max_size=max_size,
                              crop_resize_scales=tuple(int(s) for s in crop_resize_scales),

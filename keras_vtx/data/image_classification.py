@@ -16,7 +16,8 @@ What a pipeline does, in order:
    `tf.distribute` strategy does not shard a second time. With the default
    `num_shards=1` a multi-worker `tf.distribute` strategy auto-shards as usual.
 2. **Shuffle** (training): with `seed`, reshuffled each epoch, reproducibly.
-3. **Decode** (files): Python-side safe decoding, see "Bad files" below.
+3. **Decode** (files): in the TensorFlow graph, with PIL as the fallback; see
+   "Bad files" below.
 4. **Crop** per image, to `image_size` x `image_size`. Training: `train_crop=`
    `"random_resized"` (Inception crop of `crop_scale` area fraction and
    `crop_ratio` aspect), `"random"` (shorter side resized to `image_size`,
@@ -34,13 +35,15 @@ What a pipeline does, in order:
    random, when both are on).
 7. **Prefetch**.
 
-Bad files: images read from files are decoded with PIL in
-`tf.numpy_function` inside a `try`/`except`; a file that cannot be opened or
-decoded yields a flag that a `filter` uses to drop it, and is recorded in a
-`BadFileReport` (its `.count`, its first `.examples`, warnings on the
-`"keras_vtx.data"` logger). A broken file therefore never stops an epoch.
-With `bad_files="raise"` the first such file stops iteration with an error
-whose message names it.
+Bad files: images read from files are decoded by `tf.io` in the graph (JPEG
+with the accurate integer DCT, so the pixels equal PIL's; PNG, GIF's first
+frame, BMP), in parallel and without Python. A file that `tf.io` cannot decode
+is retried with PIL (`tf.numpy_function`), which reads more formats (TIFF,
+WebP, ...); a file neither can read is dropped and recorded in a
+`BadFileReport` (its `.count`, its first `.examples` with PIL's error,
+warnings on the `"keras_vtx.data"` logger). A broken file therefore never
+stops an epoch. With `bad_files="raise"` the first such file stops iteration
+with an error whose message names it.
 """
 
 import os
@@ -153,12 +156,11 @@ def _pipeline(
         buffer = shuffle_buffer or 10_000
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if decode is not None:
-        dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-        dataset = dataset.filter(lambda image, label, ok: ok)
-        dataset = dataset.map(lambda image, label, ok: (image, label))
+        dataset = decode(dataset)
 
-    def to_rgb_float(image):
-        image = tf.cast(image, tf.float32)
+    def to_rgb(image):
+        # Cropped in the decoded dtype (uint8 for files): casting the whole image to
+        # float32 first cost more than the crop (benchmarks/input_pipeline_benchmark.py).
         if image.shape[-1] == 1:
             image = tf.image.grayscale_to_rgb(image)
         return image
@@ -168,7 +170,7 @@ def _pipeline(
 
         def crop(element, random):
             image, label = element
-            image = to_rgb_float(image)
+            image = to_rgb(image)
             pair = tf.stack([random, tf.constant(seed, tf.int64)])
             if train_crop == "random_resized":
                 image = image_transforms.random_resized_crop(
@@ -181,15 +183,14 @@ def _pipeline(
                 # batch halved the pipeline's images/s (benchmarks/input_pipeline_benchmark.py).
                 flip_seed = tf.random.experimental.stateless_fold_in(pair, 1)
                 image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-            return image, label
+            return tf.cast(image, tf.float32), label
 
         dataset = tf.data.Dataset.zip((dataset, per_image_seeds))
     else:
 
         def crop(image, label):
-            return image_transforms.center_crop(
-                to_rgb_float(image), image_size, eval_crop_fraction
-            ), label
+            image = image_transforms.center_crop(to_rgb(image), image_size, eval_crop_fraction)
+            return tf.cast(image, tf.float32), label
 
     dataset = dataset.map(crop, num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
@@ -296,7 +297,28 @@ def dataset_from_arrays(images, labels, *, training, **options):
     return _pipeline(source, training=training, **options)
 
 
+def _decode_in_graph(path):
+    contents = tf.io.read_file(path)
+    # JPEGs decoded as PIL does (libjpeg's accurate integer DCT: the same pixels,
+    # where tf.io's default fast DCT differs by a few levels); PNG, GIF (first
+    # frame), BMP by tf.io.decode_image. Grey and RGBA become RGB, as with PIL.
+    return tf.cond(
+        tf.io.is_jpeg(contents),
+        lambda: tf.io.decode_jpeg(contents, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(contents, channels=3, expand_animations=False),
+    )
+
+
 def _decoder(report, bad_files):
+    """A dataset transformation: `(path, target)` elements -> `(image, target)`.
+
+    Each file is decoded in the TensorFlow graph (`tf.io`, no Python, no GIL).
+    A file that `tf.io` fails on is retried with PIL on the Python side, which
+    reads more formats and names the error; a file neither can read is
+    recorded in `report` and skipped (or raises, with `bad_files="raise"`).
+    The per-element try is a one-element dataset with `ignore_errors()`,
+    followed by the PIL fallback: `take(1)` keeps whichever comes first.
+    """
     if bad_files not in BAD_FILE_POLICIES:
         raise ValueError(
             f"`bad_files` must be one of {BAD_FILE_POLICIES}; received {bad_files!r}."
@@ -319,13 +341,28 @@ def _decoder(report, bad_files):
             report.add(path, f"{type(error).__name__}: {error}")
             return np.zeros((1, 1, 3), np.uint8), np.bool_(False)
 
-    def decode(path, label):
+    def fast(path, target):
+        image = _decode_in_graph(path)
+        image.set_shape((None, None, 3))
+        return image, target, tf.constant(True)
+
+    def fallback(path, target):
         image, ok = tf.numpy_function(read, [path], (tf.uint8, tf.bool), stateful=False)
         image.set_shape((None, None, 3))
         ok.set_shape(())
-        return image, label, ok
+        return image, target, ok
 
-    return decode
+    def attempt(path, target):
+        one = tf.data.Dataset.from_tensors((path, target))
+        return one.map(fast).ignore_errors().concatenate(one.map(fallback)).take(1)
+
+    def transform(dataset):
+        dataset = dataset.interleave(attempt, block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+                                     deterministic=True)
+        dataset = dataset.filter(lambda image, target, ok: ok)
+        return dataset.map(lambda image, target, ok: (image, target))
+
+    return transform
 
 
 def list_image_files(directory):
@@ -382,12 +419,12 @@ def list_image_files(directory):
 def dataset_from_files(paths, labels, *, training, bad_files="skip", report=None, **options):
     """A classification dataset from image files and their integer labels.
 
-    Files are decoded with PIL on the Python side (`tf.numpy_function`); an
-    unreadable file is skipped and recorded in `report` (or raises, with
+    Files are decoded by `tf.io` in the graph, or by PIL when `tf.io` cannot;
+    an unreadable file is skipped and recorded in `report` (or raises, with
     `bad_files="raise"`), see the module docstring.
 
     Args:
-        paths: list of image file paths (JPEG, PNG, BMP, GIF: whatever PIL reads).
+        paths: list of image file paths (JPEG, PNG, BMP, GIF, or anything PIL reads).
         labels: list of ints, one per path.
         training: bool, see `dataset_from_arrays`.
         bad_files: `"skip"` (the default) or `"raise"`.

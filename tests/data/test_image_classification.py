@@ -1,8 +1,10 @@
 import logging
+import os
 import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from keras_vtx.data import (
@@ -214,6 +216,64 @@ def test_corrupt_file_is_skipped_counted_and_named(tmp_path, caplog):
     ]
     assert "broken.png" in caplog.text and "3.jpg" in caplog.text
     assert report.to_dict()["count"] == 2
+
+
+def _smooth_rgb(rng, size):
+    # Smooth content compresses like a photo (JPEG rounding matters there).
+    small = Image.fromarray(rng.integers(0, 256, (size[1] // 8 + 1, size[0] // 8 + 1, 3),
+                                         dtype=np.uint8))
+    return small.resize(size, Image.BILINEAR)
+
+
+@pytest.mark.backend_independent
+def test_in_graph_decoding_gives_pils_pixels_in_order_and_pil_reads_the_rest(tmp_path):
+    from keras_vtx.data.image_classification import _decode_in_graph, _decoder
+
+    rng = np.random.default_rng(3)
+    rgb = _smooth_rgb(rng, (45, 31))
+    rgba = rgb.copy()
+    rgba.putalpha(128)
+    files = {
+        "photo.jpg": (rgb, {"quality": 90}),
+        "cmyk.jpg": (rgb.convert("CMYK"), {"quality": 95}),
+        "grey.jpg": (rgb.convert("L"), {}),
+        "rgb.png": (rgb, {}),
+        "rgba.png": (rgba, {}),
+        "grey.png": (rgb.convert("L"), {}),
+        "palette.png": (rgb.convert("P"), {}),
+        "png_named.jpg": (rgb, {"format": "PNG"}),
+        "frame.gif": (rgb, {}),
+        "bitmap.bmp": (rgb, {}),
+        "tiff_only_pil.tif": (rgb, {}),  # tf.io cannot decode TIFF: PIL's fallback does
+    }
+    paths = []
+    for name, (image, kwargs) in files.items():
+        image.save(tmp_path / name, **kwargs)
+        paths.append(str(tmp_path / name))
+    data = open(paths[0], "rb").read()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.png").write_bytes(b"not an image at all")
+    paths[3:3] = [str(tmp_path / "truncated.jpg"), str(tmp_path / "garbage.png")]
+
+    report = BadFileReport()
+    source = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(paths))))
+    decoded = list(_decoder(report, "skip")(source).as_numpy_iterator())
+    good = [i for i, p in enumerate(paths) if "truncated" not in p and "garbage" not in p]
+    assert [int(label) for _, label in decoded] == good  # order kept, two files dropped
+    for image, label in decoded:
+        with Image.open(paths[label]) as reference:
+            expected = np.asarray(reference.convert("RGB"))
+        assert image.dtype == np.uint8
+        np.testing.assert_array_equal(image, expected, err_msg=paths[label])
+        if paths[label].endswith(".tif"):
+            with pytest.raises(tf.errors.InvalidArgumentError):
+                _decode_in_graph(paths[label])
+        else:  # the fast path itself, not PIL's fallback, gives these pixels
+            np.testing.assert_array_equal(_decode_in_graph(paths[label]), expected)
+    assert report.count == 2
+    assert sorted(os.path.basename(p) for p in report.examples) == ["garbage.png",
+                                                                     "truncated.jpg"]
+    assert "truncated" in report.errors[str(tmp_path / "truncated.jpg")].lower()
 
 
 @pytest.mark.backend_independent

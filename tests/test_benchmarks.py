@@ -222,12 +222,17 @@ def test_peak_table_prefers_the_specific_name():
 def test_input_pipeline_benchmark_quick_run(tmp_path, capsys):
     benchmark = _load("input_pipeline_benchmark")
     out = tmp_path / "pipeline.json"
-    records = benchmark.main(["--quick", "--json", str(out), "--model-rate", "1000"])
-    assert [r["pipeline"] for r in records] == ["keras_vtx", "keras_vtx, PIL only", "tf.io"]
+    records = benchmark.main(["--quick", "--json", str(out), "--model-rate", "1000",
+                              "--clip-rate", "3000"])
+    assert [r["pipeline"] for r in records] == [
+        "keras_vtx", "keras_vtx, PIL only", "tf.io", "keras_vtx image-text",
+        "CLIP tokenizer alone"]
     assert json.loads(out.read_text()) == records
     for r in records:
         assert r["images_per_s"] > 0 and r["cpu_cores"] >= 1 and r["cpu_ms_per_image"] > 0
-        assert r["cores_to_feed_model"] == pytest.approx(r["cpu_ms_per_image"])  # 1000 images/s
+        rate = 3000 if "image-text" in r["pipeline"] or "CLIP" in r["pipeline"] else 1000
+        assert r["model_rate"] == rate
+        assert r["cores_to_feed_model"] == pytest.approx(rate * r["cpu_ms_per_image"] / 1000)
     printed = capsys.readouterr().out
     assert "keras_vtx / keras_vtx, PIL only" in printed and "keras_vtx / tf.io" in printed
 

@@ -12,9 +12,9 @@ class BadFileReport:
     The pipelines of `keras_vtx.data` decode files with `tf.io`, retry a file
     that fails with PIL (inside `tf.numpy_function`) and call `add()` for each
     file that PIL cannot read either, from tf.data's worker threads: the
-    report is thread-safe. A file that fails
-    again in a later epoch is counted once. The first `max_examples` files are
-    also logged as warnings on the `"keras_vtx.data"` logger.
+    report is thread-safe. A file that fails again in a later epoch is counted
+    once. The first `max_examples` files are also logged as warnings on the
+    `"keras_vtx.data"` logger.
 
     Args:
         max_examples: int, how many file names (with their errors) to keep and log.

@@ -24,9 +24,10 @@ What a pipeline does, in order:
    caption (and every image as many times as it has captions).
 3. **Shuffle** (`shuffle=True`): seeded, reshuffled each epoch.
 4. **Decode** (files): `tf.io` in the graph, PIL where `tf.io` cannot, with
-   the bad-file policy of `keras_vtx.data.image_classification`: an unreadable or missing file is
-   skipped and recorded by name in a `BadFileReport` (`bad_files="skip"`), or
-   stops iteration with an error naming it (`bad_files="raise"`).
+   the bad-file policy of `keras_vtx.data.image_classification`: an
+   unreadable or missing file is skipped and recorded by name in a
+   `BadFileReport` (`bad_files="skip"`), or stops iteration with an error
+   naming it (`bad_files="raise"`).
 5. **Crop** to `image_size` x `image_size`: `augment=True` takes a random
    resized crop of `crop_scale` area (open_clip trains with (0.9, 1.0)); there
    is no horizontal flip, which would contradict captions saying "on the left".
@@ -328,8 +329,8 @@ def dataset_from_pairs(
     """A dataset of `{"images", "token_ids"}` batches from images and their captions.
 
     Args:
-        images: a list of image file paths (decoded as in `dataset_from_files`, unreadable files
-            skipped or raised per `bad_files`), or an array
+        images: a list of image file paths (decoded as in `dataset_from_files`,
+            unreadable files skipped or raised per `bad_files`), or an array
             `(num_images, height, width, 1 or 3)` of pixels in [0, 255].
         captions: a list with, for each image, its caption (str) or a list of
             its captions (see `captions_per_image`).

@@ -63,11 +63,10 @@ import tensorflow as tf
 from keras_vtx.data import detection_transforms as T
 from keras_vtx.data.bad_file_report import BadFileReport
 from keras_vtx.data.image_classification import (
-    BAD_FILE_POLICIES,
-    _decoder,
     _positive_int,
     _shard_deterministically,
 )
+from keras_vtx.data.image_files import _decoder, check_bad_files
 from keras_vtx.data.shapes import export_shapes_coco
 
 logger = logging.getLogger("keras_vtx.data")
@@ -414,9 +413,7 @@ def coco_detection_dataset(
                                        pad_multiple)
     elif pad_buckets is not None:
         pad_buckets = [(int(h), int(w)) for h, w in pad_buckets]
-    if bad_files not in BAD_FILE_POLICIES:
-        raise ValueError(f"`bad_files` must be one of {BAD_FILE_POLICIES}; "
-                         f"received {bad_files!r}.")
+    check_bad_files(bad_files)
     num_shards = _positive_int("num_shards", num_shards)
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"`shard_index` must be in [0, num_shards={num_shards}); "

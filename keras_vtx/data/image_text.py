@@ -47,13 +47,12 @@ import tensorflow as tf
 from keras_vtx.data import image_transforms
 from keras_vtx.data.bad_file_report import BadFileReport
 from keras_vtx.data.image_classification import (
-    BAD_FILE_POLICIES,
     DEFAULT_SHAPES_IMAGES,
-    _decoder,
     _import_tfds,
     _positive_int,
     _shard_deterministically,
 )
+from keras_vtx.data.image_files import _decoder, check_bad_files
 from keras_vtx.data.image_text_data import ImageTextData
 from keras_vtx.data.shapes import generate_shapes
 
@@ -390,10 +389,7 @@ def dataset_from_pairs(
                 "`images` must be a list of file paths or an array of shape "
                 f"(num_images, height, width, 1 or 3); received shape {images.shape}."
             )
-        if bad_files not in BAD_FILE_POLICIES:
-            raise ValueError(
-                f"`bad_files` must be one of {BAD_FILE_POLICIES}; received {bad_files!r}."
-            )
+        check_bad_files(bad_files)
         source = tf.data.Dataset.from_tensor_slices((images, ragged))
         decode = None
     num_elements = len(flat) if captions_per_image == "flatten" else len(caption_lists)

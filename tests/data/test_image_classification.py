@@ -227,7 +227,7 @@ def _smooth_rgb(rng, size):
 
 @pytest.mark.backend_independent
 def test_in_graph_decoding_gives_pils_pixels_in_order_and_pil_reads_the_rest(tmp_path):
-    from keras_vtx.data.image_classification import _decode_in_graph, _decoder
+    from keras_vtx.data.image_files import _decode_in_graph, _decoder
 
     rng = np.random.default_rng(3)
     rgb = _smooth_rgb(rng, (45, 31))

@@ -4,6 +4,7 @@
     python benchmarks/run_benchmarks.py --size tiny        # smoke sizes (the default on a CPU)
     python benchmarks/run_benchmarks.py --families vit --precisions bfloat16 --out results/
     python benchmarks/run_benchmarks.py --backends jax,torch --references transformers,timm
+    python benchmarks/run_benchmarks.py --cases vit_b16_train --profile traces/
 
 For each case (ViT-Ti/S/B/16 training and inference, CLIP B/32 training, DETR-R50 training,
 iGPT-S training and cached sampling), each precision (bfloat16 mixed, float32) and each
@@ -87,6 +88,15 @@ def _worker(args):
             print("RESULT " + json.dumps(record, default=str), flush=True)
 
 
+def _profile_args(args, case, precision):
+    """(trace path or None, steps) for `run_case`: training and inference rows only."""
+    if not args.profile or case.mode == "sample":
+        return None, 0
+    slug = args.worker.replace("[", "-").replace("]", "")
+    return (os.path.join(args.profile, f"{case.key}_{precision}_{slug}.trace.json.gz"),
+            args.profile_steps)
+
+
 def _measure(args, case, precision):
     if args.worker.startswith("keras_vtx"):
         import keras
@@ -98,7 +108,8 @@ def _measure(args, case, precision):
         elif args.flash == "off":
             keras.config.disable_flash_attention()
 
-        out = keras_impl.run_case(case, precision, args.steps, args.warmup, args.repeats)
+        out = keras_impl.run_case(case, precision, args.steps, args.warmup, args.repeats,
+                                  *_profile_args(args, case, precision))
         out["device"] = keras_impl.device_name()
         out["measured_peak"] = flops_lib.measured_matmul_peak(precision, keras_impl.BACKEND)
         return out
@@ -111,7 +122,8 @@ def _measure(args, case, precision):
 
         compile_model = torch.cuda.is_available()
     out = reference_impl.run_case(case, precision, args.worker, args.steps, args.warmup,
-                                  args.repeats, compile_model)
+                                  args.repeats, compile_model,
+                                  *_profile_args(args, case, precision))
     out["device"] = timing.torch_device()[1]
     out["measured_peak"] = flops_lib.measured_matmul_peak(precision, "torch")
     return out
@@ -133,6 +145,9 @@ def _run_worker(args, implementation, keys, precisions, timeout):
                "--size", args.size, "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--repeats", str(args.repeats), "--reference-compile", args.reference_compile,
                "--flash", args.flash] + (["--batch", str(args.batch)] if args.batch else [])
+    if args.profile:
+        command += ["--profile", os.path.abspath(args.profile),
+                    "--profile-steps", str(args.profile_steps)]
     try:
         proc = subprocess.run(command, env=env, capture_output=True, text=True,
                               timeout=timeout)
@@ -175,6 +190,11 @@ def main(argv=None):
                         help="keras_vtx's fused attention: the backend decides (auto), "
                              "keras.config.enable_flash_attention() (on: an error where it "
                              "cannot run) or disable_flash_attention() (off)")
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="after timing, run --profile-steps more training/inference "
+                             "steps under JAX's or PyTorch's profiler: traces in DIR, and "
+                             "where the step time goes (matmul, attention, ...) in the table")
+    parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--time-budget", type=float, default=None, help="seconds")
     parser.add_argument("--out", default="benchmark_results", help="output folder")
     parser.add_argument("--verbose", action="store_true", help="print the workers' stderr")
@@ -205,6 +225,8 @@ def main(argv=None):
         [r for r in REFERENCES if _installed(r) and _installed("torch")])
     precisions = names(args.precisions, cases_lib.PRECISIONS, "--precisions", None)
     families = names(args.families, cases_lib.FAMILIES, "--families", None) or None
+    if args.profile_steps <= 0:
+        parser.error(f"--profile-steps: expected a positive int; received {args.profile_steps}")
     if args.batch is not None and args.batch <= 0:
         parser.error(f"--batch: expected a positive int; received {args.batch}")
     cases = cases_lib.select(_cases(args), families=families,

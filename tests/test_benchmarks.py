@@ -80,7 +80,8 @@ def test_suite_smoke_run_on_this_backend(tmp_path, capsys):
     meta, records = suite.main([
         "--size", "tiny", "--backends", backend, "--references", references,
         "--precisions", ",".join(precisions), "--steps", "1", "--warmup", "0",
-        "--repeats", "2", "--out", str(tmp_path)] + (["--cases", ",".join(keys)] if keys else []))
+        "--repeats", "2", "--out", str(tmp_path), "--profile", str(tmp_path / "traces"),
+        "--profile-steps", "1"] + (["--cases", ",".join(keys)] if keys else []))
     implementations = [f"keras_vtx[{backend}]"] + ([] if references == "none" else ["transformers"])
     cases = [c for c in cases_lib.all_cases("tiny") if keys is None or c.key in keys]
     expected = {(c.key, p, i) for c in cases for p in precisions for i in implementations}
@@ -117,14 +118,50 @@ def test_suite_smoke_run_on_this_backend(tmp_path, capsys):
         if references != "none" and r["implementation"].startswith("keras_vtx"):
             other = by_key[(r["case"], r["precision"], "transformers")]
             assert r["vs_transformers"] == pytest.approx(r["throughput"] / other["throughput"])
+        _check_profile(r, backend, tmp_path / "traces")
     saved = json.loads((tmp_path / "benchmarks.json").read_text())
     assert set(saved["meta"]) >= {"date", "device", "versions", "size", "forward_flops"}
     assert saved["meta"]["versions"]["keras"] == keras.__version__
     table = (tmp_path / "benchmarks.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    main_table, profile_table = table.split("Where the step time goes")
+    rows = [line for line in main_table.splitlines()
+            if line.startswith("| ") and "---" not in line]
     assert rows[0].startswith("| case | precision | implementation | throughput")
     assert len(rows) == 1 + len(records)
+    profiled = [r for r in records if r["mode"] != "sample"]
+    rows = [line for line in profile_table.splitlines()
+            if line.startswith("| ") and "---" not in line]
+    assert rows[0].startswith("| case | precision | implementation | profiled | kernel time")
+    assert len(rows) == 1 + len(profiled)
     assert table in capsys.readouterr().out
+
+
+def _check_profile(record, backend, folder):
+    """`--profile`: a trace per training/inference row, summarised consistently."""
+    _suite()
+    from vtx_bench import profile
+
+    if record["mode"] == "sample":
+        assert "profile" not in record
+        return
+    p = record["profile"]
+    if record["implementation"] == "keras_vtx[tensorflow]":
+        assert "not profiled" in p["error"]
+        return
+    assert "error" not in p, p
+    assert p["source"] == "host" and p["events"] > 0  # no accelerator here
+    assert set(p["shares"]) == set(profile.CATEGORIES)
+    assert sum(p["shares"].values()) == pytest.approx(1.0)
+    assert p["op_s"] == pytest.approx(sum(p["categories"].values()))
+    assert p["categories"]["matmul"] > 0  # every case multiplies matrices
+    assert 0 < p["busy_fraction"] <= 1 and p["busy_s"] > 0
+    assert p["top"] and all(kind in profile.CATEGORIES for _, kind, _, _ in p["top"])
+    assert [t[2] for t in p["top"]] == sorted((t[2] for t in p["top"]), reverse=True)
+    slug = record["implementation"].replace("[", "-").replace("]", "")
+    trace = folder / f"{record['case']}_{record['precision']}_{slug}.trace.json.gz"
+    assert p["trace"] == trace.name
+    again = profile.summarize(str(trace), 1, p["wall_s"])
+    assert again["categories"] == pytest.approx(p["categories"])
 
 
 @pytest.mark.only_backend("torch")  # eager PyTorch steps; the FLOP worker is JAX's anyway
@@ -253,3 +290,68 @@ def test_detr_padding_benchmark_quick_run(tmp_path, capsys):
     assert {tuple(s) for s in records[1]["shapes"]} <= {(96, 128), (128, 96)}
     assert all(h % 32 == 0 and w % 32 == 0 for h, w in records[0]["shapes"])
     assert "per batch / buckets" in capsys.readouterr().out
+
+
+def _span(name, ts, dur, pid=1, tid=1, **extra):
+    return dict(ph="X", name=name, ts=ts, dur=dur, pid=pid, tid=tid, **extra)
+
+
+@pytest.mark.backend_independent
+def test_profile_summary_self_times_categories_and_device_choice(tmp_path):
+    import gzip
+
+    _suite()
+    from vtx_bench import profile
+
+    assert [profile.category(n) for n in (
+        "sm90_xmma_gemm_bf16bf16_bf16f32", "cudnn_generated_fort_native_sdpa_sm90_flash_fprop",
+        "convert_reduce_fusion", "aten::convolution", "loop_add_fusion", "Memcpy DtoD",
+        "aten::addmm", "dot.3", "custom-call.2 __cudnn$fmha", "transpose.4")] == [
+        "matmul", "attention", "other", "convolution", "other", "copy", "matmul", "matmul",
+        "attention", "copy"]
+    # A JAX-like trace: host events (ignored: the device has events), and a GPU process
+    # whose kernels carry their HLO op; a derived "XLA Modules" span without one is dropped.
+    events = [
+        dict(ph="M", name="process_name", pid=1, args={"name": "/host:CPU"}),
+        dict(ph="M", name="process_name", pid=2, args={"name": "/device:GPU:0"}),
+        _span("PjitFunction(step)", 0, 1000),
+        _span("jit_step", 0, 100, pid=2, tid=9),
+        _span("sm90_xmma_gemm", 0, 30, pid=2, tid=7, args={"hlo_op": "custom-call.1"}),
+        _span("loop_fusion", 40, 10, pid=2, tid=7, args={"hlo_op": "fusion.2"}),
+        _span("flash_fprop", 45, 20, pid=2, tid=8, args={"hlo_op": "custom-call.3"}),
+    ]
+    path = tmp_path / "jax.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    s = profile.summarize(str(path), steps=1, wall_s=100e-6)
+    assert s["source"] == "device" and s["events"] == 3
+    assert s["categories"] == pytest.approx(
+        {"matmul": 30e-6, "attention": 20e-6, "convolution": 0.0, "copy": 0.0,
+         "other": 10e-6})
+    assert s["busy_s"] == pytest.approx(55e-6)  # [0, 30] and [40, 65]
+    assert s["busy_fraction"] == pytest.approx(0.55)
+    assert s["top"][0][:2] == ["sm90_xmma_gemm", "matmul"]
+    # A PyTorch CPU trace: nested ops count their self time only; two steps.
+    events = [
+        _span("aten::linear", 0, 100, cat="cpu_op"),
+        _span("aten::addmm", 10, 60, cat="cpu_op"),
+        _span("aten::copy_", 20, 5, cat="cpu_op"),
+        _span("aten::gelu", 100, 40, cat="cpu_op"),
+        _span("AddmmBackward0", 150, 50, tid=2, cat="cpu_op"),
+        _span("aten::mm", 160, 30, tid=2, cat="cpu_op"),
+        dict(ph="i", name="marker", ts=5, pid=1, tid=1),
+    ]
+    path = tmp_path / "torch.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    s = profile.summarize(str(path), steps=2)
+    assert s["source"] == "host" and s["wall_s"] is None and s["busy_fraction"] is None
+    # linear 100 - 60 (addmm) = 40, addmm 60 - 5 = 55, backward 50 - 30 = 20, mm 30.
+    assert s["categories"] == pytest.approx(
+        {"matmul": (40 + 55 + 20 + 30) / 2e6, "attention": 0.0, "convolution": 0.0,
+         "copy": 5 / 2e6, "other": 40 / 2e6})
+    assert s["busy_s"] == pytest.approx(190 / 2e6)  # [0, 140] and [150, 200]
+    # PyTorch CUDA kernels are the device events when present.
+    events.append(_span("ampere_bf16_s16816gemm", 300, 8, pid=3, cat="kernel"))
+    path.write_text(json.dumps(events))  # a bare event list is read too
+    s = profile.summarize(str(path), steps=1)
+    assert s["source"] == "device" and s["categories"]["matmul"] == pytest.approx(8e-6)

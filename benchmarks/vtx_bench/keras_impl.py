@@ -230,8 +230,28 @@ class AttentionWatch:
         return "xla" if not any(self.answers) else "mixed cudnn/xla"
 
 
-def run_case(case, precision, steps, warmup, repeats):
-    """Measures one case under `precision`; returns a result record (no FLOPs/MFU yet)."""
+def _profile(record, step, path, steps):
+    if not path:
+        return
+    if BACKEND == "tensorflow":
+        record["profile"] = {"error": "not profiled: TensorFlow's profiler writes XPlane "
+                                      "files, which only TensorBoard's profile plugin reads"}
+        return
+    from vtx_bench import profile
+
+    try:
+        record["profile"] = profile.capture(step, _sync, steps, path, BACKEND)
+    except Exception as error:  # the timing stands; the row says why it has no profile
+        record["profile"] = {"error": f"{type(error).__name__}: {str(error)[:200]}"}
+
+
+def run_case(case, precision, steps, warmup, repeats, profile_to=None, profile_steps=3):
+    """Measures one case under `precision`; returns a result record (no FLOPs/MFU yet).
+
+    With `profile_to` (a trace path), `profile_steps` more training or inference steps
+    run under JAX's or PyTorch's profiler after the timing, and the record's `profile`
+    holds the summary (`profile.capture`); TensorFlow's rows say they are not profiled.
+    """
     keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     watch = AttentionWatch()
     try:
@@ -254,11 +274,13 @@ def run_case(case, precision, steps, warmup, repeats):
         elif case.mode == "infer":
             step = forward_fn(model, _to_device(x))
             first, median, times = timing.time_steps(step, _sync, steps, warmup, repeats)
+            _profile(record, step, profile_to, profile_steps)
         else:
             model.compile()
             x, y = _to_device(x), (None if y is None else _to_device(y))
             step, finish = train_step_fn(model, x, y)
             first, median, times = timing.time_steps(step, _sync, steps, warmup, repeats)
+            _profile(record, step, profile_to, profile_steps)
             finish()
             if case.family == "detr":
                 loss_step = loss_fn(model, x, y)
@@ -271,6 +293,11 @@ def run_case(case, precision, steps, warmup, repeats):
                       throughput=items / median, peak_bytes=peak_bytes())
         record["compiled"] = (bool(model.jit_compile) if case.mode == "train"
                               else BACKEND != "torch")
+        if not record["compiled"]:
+            # Keras' jit_compile="auto" leaves TensorFlow's train function without XLA on a
+            # CPU: a tf.function graph, not eager execution.
+            record["execution"] = ("tf.function without XLA" if BACKEND == "tensorflow"
+                                   else "eager")
         record["attention"] = watch.summary()
         return record
     finally:

@@ -157,7 +157,8 @@ def _optimizer(case, config, model):
     return torch.optim.AdamW(params, lr=1e-4, weight_decay=decay), clip
 
 
-def run_case(case, precision, implementation, steps, warmup, repeats, compile_model):
+def run_case(case, precision, implementation, steps, warmup, repeats, compile_model,
+             profile_to=None, profile_steps=3):
     device, _ = timing.torch_device()
     torch.manual_seed(0)
     torch.set_float32_matmul_precision("high")  # TF32, as JAX's default on GPUs
@@ -222,6 +223,14 @@ def run_case(case, precision, implementation, steps, warmup, repeats, compile_mo
             net = model
             first, median, times = timing.time_steps(step, timing.torch_sync, steps, warmup,
                                                      repeats)
+        if profile_to:
+            from vtx_bench import profile
+
+            try:
+                record["profile"] = profile.capture(step, timing.torch_sync, profile_steps,
+                                                    profile_to, "torch")
+            except Exception as error:  # the timing stands; the row says why
+                record["profile"] = {"error": f"{type(error).__name__}: {str(error)[:200]}"}
     items = cases_lib.items_per_step(case, config)
     record.update(first_call_s=first, step_s=median, step_times_s=times,
                   throughput=items / median, peak_bytes=timing.torch_peak_bytes())

@@ -63,7 +63,7 @@ def markdown(meta, records):
             notes.append(f"matcher + loss {100 * r['loss_fraction']:.1f}% of the step "
                          f"({r['matcher']})")
         if r.get("compiled") is False and r["mode"] != "sample":
-            notes.append("eager")
+            notes.append(r.get("execution", "eager"))
         if r.get("attention"):
             notes.append(f"attention: {r['attention']}")
         if r.get("peak_source") == "measured matmul":
@@ -78,7 +78,39 @@ def markdown(meta, records):
             f"{'' if memory is None else ' GiB'} | "
             f"{_fmt(r.get('vs_transformers'), '.2f')} | {_fmt(r.get('vs_timm'), '.2f')} | "
             f"{'; '.join(notes)} |")
+    lines += _profile_table(sorted(records, key=order))
     return "\n".join(lines) + "\n"
+
+
+def _profile_table(records):
+    rows = [r for r in records if r.get("profile")]
+    if not rows:
+        return []
+    from vtx_bench.profile import CATEGORIES
+
+    lines = ["", "Where the step time goes (`--profile`: the kernels' self time by category, "
+             "as shares of the kernel time per step; busy = the time the device ran kernels, "
+             "as a share of the profiled steps' wall time):", "",
+             "| case | precision | implementation | profiled | kernel time | busy | "
+             + " | ".join(CATEGORIES) + " | costliest kernel |",
+             "| --- | --- | --- | --- | ---: | ---: | " + " | ".join("---:" for _ in CATEGORIES)
+             + " | --- |"]
+    for r in rows:
+        p = r["profile"]
+        label = f"{r['label']} {r['mode']} (batch {r['batch']})"
+        head = f"| {label} | {r['precision']} | {r['implementation']} |"
+        if "error" in p:
+            lines.append(head + " – | – | – | " + " | ".join("–" for _ in CATEGORIES)
+                         + f" | {p['error']} |")
+            continue
+        busy = p.get("busy_fraction")
+        top = p["top"][0] if p["top"] else None
+        lines.append(
+            head + f" {p['source']} | {1000 * p['op_s']:.1f} ms | "
+            + (f"{100 * busy:.0f}%" if busy is not None else "–") + " | "
+            + " | ".join(f"{100 * p['shares'][c]:.1f}%" for c in CATEGORIES) + " | "
+            + (f"`{top[0][:60]}` ({top[1]}, {1000 * top[2]:.2f} ms)" if top else "–") + " |")
+    return lines
 
 
 def write(path_prefix, meta, records):

@@ -13,6 +13,8 @@ from tests.test_case import (
     BACKEND,
     assert_all_weights_get_gradients,
     assert_allclose,
+    gradients,
+    randomize_weights,
     to_numpy,
 )
 
@@ -317,6 +319,29 @@ def test_preset_round_trip_and_overrides(tmp_path):
     assert float(to_numpy(changed.logit_scale)) == 3.0
     short = _ids(2, length=6)
     assert_allclose(changed.encode_text(short), model.encode_text(short), atol=1e-6)
+
+
+def test_remat_in_both_towers_keeps_the_loss_gradients(tmp_path):
+    plain = _clip()
+    randomize_weights(plain, seed=4)
+    plain.save_to_preset(tmp_path / "preset")
+    remat = CLIP.from_preset(tmp_path / "preset", remat=True)
+    assert remat.image_encoder.remat and remat.text_encoder.remat
+    assert all(b.remat for b in remat.text_encoder.layers if hasattr(b, "remat"))
+    assert not plain.text_encoder.remat
+    assert CLIPTextEncoder.from_config(remat.text_encoder.get_config()).remat
+    inputs = {"images": _pixels(3), "token_ids": _ids(3)}
+
+    def loss(outputs, _):
+        return CLIPLoss().from_embeddings(outputs["image_embeddings"],
+                                          outputs["text_embeddings"], outputs["logit_scale"])
+
+    for got, want in zip(gradients(remat, inputs, loss_fn=loss, training=True),
+                         gradients(plain, inputs, loss_fn=loss, training=True)):
+        assert_allclose(got, want, atol=1e-5)
+    named = CLIP.from_preset("clip_pico_patch4_32", remat=True,
+                             text_encoder={"remat": False})
+    assert named.image_encoder.remat and not named.text_encoder.remat
 
 
 def test_named_presets():

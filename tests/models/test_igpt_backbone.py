@@ -7,8 +7,10 @@ from keras_vtx.models.igpt.image_gpt_presets import VARIANTS, count_parameters
 from keras_vtx.models.presets import get_preset
 from tests.test_case import (
     assert_all_weights_get_gradients,
+    assert_allclose,
     assert_config_round_trip,
     assert_keras_save_load,
+    gradients,
     randomize_weights,
     to_numpy,
 )
@@ -53,6 +55,26 @@ def test_causal_attention(causal):
 def test_gradients_reach_every_weight():
     model = ImageGPTBackbone(**TINY)
     assert_all_weights_get_gradients(model, ids())
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_remat_keeps_outputs_and_gradients(causal):
+    from keras_vtx.models.igpt.image_gpt import ImageGPT
+
+    plain = ImageGPTBackbone(**TINY, causal=causal)
+    randomize_weights(plain, seed=5)
+    remat = ImageGPTBackbone(**TINY, causal=causal, remat=True)
+    remat.set_weights(plain.get_weights())
+    assert all(block.remat for block in remat.transformer_layers)
+    assert not any(block.remat for block in plain.transformer_layers)
+    x = ids(seed=2)
+    assert_allclose(remat(x, training=True), plain(x, training=True), atol=1e-5)
+    for got, want in zip(gradients(remat, x, training=True), gradients(plain, x, training=True)):
+        assert_allclose(got, want, atol=1e-5)
+    assert remat.get_config()["remat"] is True
+    assert ImageGPTBackbone.from_config(remat.get_config()).transformer_layers[0].remat
+    task = ImageGPT.from_preset("igpt_tiny_test", remat=True)
+    assert task.backbone.remat and task.backbone.transformer_layers[-1].remat
 
 
 def test_config_and_keras_round_trip(tmp_path):

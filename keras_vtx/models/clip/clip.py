@@ -351,8 +351,10 @@ class CLIP(keras.Model):
                 `CLIPModel.save_pretrained()`, or `"hf://org/name"` (for
                 example `"hf://openai/clip-vit-base-patch32"`).
             **kwargs: overrides of `CLIP`'s own arguments (for example
-                `include_preprocessing=False`), and `image_encoder` /
-                `text_encoder` dicts of overrides of the encoders' configs.
+                `include_preprocessing=False`), `image_encoder` /
+                `text_encoder` dicts of overrides of the encoders' configs, and
+                `remat=True` to rematerialise both encoders' blocks in
+                training (gradient checkpointing; see `ViTBackbone`).
 
         Returns:
             A `CLIP` instance.
@@ -390,8 +392,11 @@ class CLIP(keras.Model):
     @classmethod
     def _from_config_with_overrides(cls, config, overrides):
         overrides = dict(overrides)
-        image = {**config.pop("image_encoder"), **overrides.pop("image_encoder", {})}
-        text = {**config.pop("text_encoder"), **overrides.pop("text_encoder", {})}
+        image, text = dict(config.pop("image_encoder")), dict(config.pop("text_encoder"))
+        if "remat" in overrides:  # both towers, unless a tower's own overrides say otherwise
+            image["remat"] = text["remat"] = overrides.pop("remat")
+        image.update(overrides.pop("image_encoder", {}))
+        text.update(overrides.pop("text_encoder", {}))
         return cls(ViTBackbone(**image), CLIPTextEncoder(**text), **{**config, **overrides})
 
     def save_to_preset(self, path):

@@ -36,6 +36,8 @@ class CLIPTextEncoder(Backbone):
             largest id instead, as the original implementation does
             (`text.argmax(-1)`; the same when the end token is the largest id).
             A sequence without the end token is read out at position 0.
+        remat: bool, rematerialise each transformer block in training (gradient
+            checkpointing through `keras.remat`; see `ViTBackbone`).
         dtype: dtype or dtype policy of the layers.
 
     Call arguments:
@@ -70,6 +72,7 @@ class CLIPTextEncoder(Backbone):
         activation="quick_gelu",
         layer_norm_epsilon=1e-5,
         end_token_id=CLIP_END_TOKEN_ID,
+        remat=False,
         dtype=None,
         **kwargs,
     ):
@@ -113,6 +116,7 @@ class CLIPTextEncoder(Backbone):
                 norm_first=True,
                 activation=activation,
                 layer_norm_epsilon=layer_norm_epsilon,
+                remat=remat,
                 dtype=dtype,
                 name=f"block_{i}",
             )
@@ -151,6 +155,7 @@ class CLIPTextEncoder(Backbone):
         self.activation = activation
         self.layer_norm_epsilon = layer_norm_epsilon
         self.end_token_id = end_token_id
+        self.remat = bool(remat)
 
     def validate_inputs(self, inputs):
         shape = getattr(inputs, "shape", None)
@@ -198,4 +203,5 @@ class CLIPTextEncoder(Backbone):
             "activation": self.activation,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "end_token_id": self.end_token_id,
+            "remat": self.remat,
         }

@@ -104,6 +104,12 @@ class ImageGPTBackbone(Backbone):
         layer_norm_epsilon: float.
         causal: bool, causal self-attention (autoregressive objective); False
             for the bidirectional BERT objective.
+        remat: bool, rematerialise each transformer block in training (gradient
+            checkpointing through `keras.remat`): the backward pass recomputes
+            a block's activations instead of keeping them, about one more
+            forward pass of compute for the activation memory of one block
+            instead of all (iGPT-L and iGPT-XL were trained this way).
+            Outputs, gradients, inference and sampling are unchanged.
         dtype: dtype or dtype policy; the norms run in float32 under mixed
             precision.
 
@@ -133,6 +139,7 @@ class ImageGPTBackbone(Backbone):
         attention_dropout=0.0,
         layer_norm_epsilon=1e-5,
         causal=True,
+        remat=False,
         dtype=None,
         **kwargs,
     ):
@@ -174,6 +181,7 @@ class ImageGPTBackbone(Backbone):
                 layer_norm_epsilon=layer_norm_epsilon,
                 kernel_initializer=keras.initializers.serialize(init),
                 norm="rms_norm",
+                remat=remat,
                 dtype=dtype,
                 name=f"transformer_layer_{i}",
             )
@@ -210,6 +218,7 @@ class ImageGPTBackbone(Backbone):
         self.attention_dropout = attention_dropout
         self.layer_norm_epsilon = layer_norm_epsilon
         self.causal = bool(causal)
+        self.remat = bool(remat)
         self.token_embedding = token_embedding
         self.position_embedding = position_embedding
         self.embedding_dropout = embedding_dropout
@@ -237,4 +246,5 @@ class ImageGPTBackbone(Backbone):
             "attention_dropout": self.attention_dropout,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "causal": self.causal,
+            "remat": self.remat,
         }

@@ -1,6 +1,7 @@
 import keras
 
 from keras_vtx.layers.activations import get_activation
+from keras_vtx.layers.flat_dense import apply_flat
 
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
@@ -67,9 +68,9 @@ class MLP(keras.layers.Layer):
         self.fc2.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
 
     def call(self, inputs, training=None):
-        x = self._activation_fn(self.fc1(inputs))
+        x = self._activation_fn(apply_flat(self.fc1, inputs))
         x = self.dropout_layer(x, training=training)
-        x = self.fc2(x)
+        x = apply_flat(self.fc2, x)
         return self.dropout_layer(x, training=training)
 
     def compute_output_shape(self, input_shape):

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_vtx.layers.flat_dense import apply_flat
 from keras_vtx.models.igpt import image_gpt_presets  # noqa: F401  (registers the presets)
 from keras_vtx.models.igpt.image_gpt_backbone import (
     INITIALIZER_RANGE,
@@ -233,7 +234,8 @@ class ImageGPT(TaskPresets, keras.Model):
         pixel_ids, mask = self._split_inputs(inputs)
         token_ids, mask = self.prepare_inputs(pixel_ids, mask)
         hidden = self.backbone(token_ids, training=training)
-        logits = ops.cast(self.lm_head(ops.cast(hidden, self.lm_head.compute_dtype)), "float32")
+        logits = ops.cast(apply_flat(self.lm_head, ops.cast(hidden, self.lm_head.compute_dtype)),
+                          "float32")
         if self.objective == "autoregressive":
             return logits
         return {"logits": logits, "mask": mask}

@@ -325,6 +325,14 @@ def test_profile_summary_self_times_categories_and_device_choice(tmp_path):
         json.dump({"traceEvents": events}, f)
     s = profile.summarize(str(path), steps=1, wall_s=100e-6)
     assert s["source"] == "device" and s["events"] == 3
+    # Named stream lines win over derived lines that repeat the ops ("XLA Ops").
+    events += [dict(ph="M", name="thread_name", pid=2, tid=7, args={"name": "Stream #14"}),
+               dict(ph="M", name="thread_name", pid=2, tid=8, args={"name": "Stream #15"}),
+               dict(ph="M", name="thread_name", pid=2, tid=5, args={"name": "XLA Ops"}),
+               _span("custom-call.1", 0, 30, pid=2, tid=5, args={"hlo_op": "custom-call.1"})]
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    assert profile.summarize(str(path), steps=1, wall_s=100e-6) == s
     assert s["categories"] == pytest.approx(
         {"matmul": 30e-6, "attention": 20e-6, "convolution": 0.0, "copy": 0.0,
          "other": 10e-6})

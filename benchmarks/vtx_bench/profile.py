@@ -82,11 +82,16 @@ def _work_events(events):
     device = [e for e in spans if _DEVICE_PROCESS.search(names.get(e.get("pid"), ""))
               and not names.get(e.get("pid"), "").lower().startswith("/host")]
     if device:
-        # A JAX device process has the kernels on its stream lines, and may add derived
-        # lines ("XLA Ops", "XLA Modules", "Steps") spanning the same time: keep the
-        # lines with HLO ops if any event names one, else every line.
+        # A JAX device process has the kernels on its stream lines ("Stream #1(...)") and
+        # may add derived lines ("XLA Ops", "XLA Modules", "Steps") spanning the same
+        # time: keep the stream lines when there are any, else the events naming an HLO
+        # op, else every line.
+        threads = {(e.get("pid"), e.get("tid")): (e.get("args") or {}).get("name", "")
+                   for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
+        streams = [e for e in device
+                   if threads.get((e.get("pid"), e.get("tid")), "").lower().startswith("stream")]
         with_ops = [e for e in device if (e.get("args") or {}).get("hlo_op")]
-        return (with_ops or device), "device"
+        return (streams or with_ops or device), "device"
     host_ops = [e for e in spans if (e.get("args") or {}).get("hlo_op")]
     if host_ops:
         return host_ops, "host"

@@ -176,6 +176,16 @@ def summarize(path, steps, wall_s=None, top=10):
     return summary
 
 
+def _run(step, sync, steps):
+    """Wall time of `steps` calls of `step()` and one `sync` of the last output."""
+    start = time.perf_counter()
+    out = None
+    for _ in range(steps):
+        out = step()
+    sync(out)
+    return time.perf_counter() - start
+
+
 def capture(step, sync, steps, path, kind):
     """Runs `steps` calls of `step()` under `kind`'s profiler ("jax" or "torch"), writes
     the trace to `path` (gzipped Chrome trace JSON) and returns its `summarize`."""
@@ -186,12 +196,7 @@ def capture(step, sync, steps, path, kind):
         folder = tempfile.mkdtemp(prefix="vtx_profile_")
         try:
             with jax.profiler.trace(folder, create_perfetto_trace=True):
-                start = time.perf_counter()
-                out = None
-                for _ in range(steps):
-                    out = step()
-                sync(out)
-                wall = time.perf_counter() - start
+                wall = _run(step, sync, steps)
             found = [os.path.join(root, name) for root, _, files in os.walk(folder)
                      for name in files if name.endswith("perfetto_trace.json.gz")]
             if not found:
@@ -207,12 +212,7 @@ def capture(step, sync, steps, path, kind):
         if torch.cuda.is_available():
             activities.append(ProfilerActivity.CUDA)
         with profile(activities=activities) as profiler:
-            start = time.perf_counter()
-            out = None
-            for _ in range(steps):
-                out = step()
-            sync(out)
-            wall = time.perf_counter() - start
+            wall = _run(step, sync, steps)
         raw = path[:-3] if path.endswith(".gz") else path + ".raw"
         profiler.export_chrome_trace(raw)
         with open(raw, "rb") as src, gzip.open(path, "wb") as dst:

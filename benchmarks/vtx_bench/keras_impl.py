@@ -239,10 +239,7 @@ def _profile(record, step, path, steps):
         return
     from vtx_bench import profile
 
-    try:
-        record["profile"] = profile.capture(step, _sync, steps, path, BACKEND)
-    except Exception as error:  # the timing stands; the row says why it has no profile
-        record["profile"] = {"error": f"{type(error).__name__}: {str(error)[:200]}"}
+    record["profile"] = profile.capture_or_error(step, _sync, steps, path, BACKEND)
 
 
 def run_case(case, precision, steps, warmup, repeats, profile_to=None, profile_steps=3):

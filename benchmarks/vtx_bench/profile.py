@@ -223,3 +223,12 @@ def capture(step, sync, steps, path, kind):
     summary = summarize(path, steps, wall)
     summary["trace"] = os.path.basename(path)
     return summary
+
+
+def capture_or_error(step, sync, steps, path, kind):
+    """`capture(...)`, or `{"error": ...}` saying why there is no profile: a failed
+    profile leaves the row's timing standing."""
+    try:
+        return capture(step, sync, steps, path, kind)
+    except Exception as error:
+        return {"error": f"{type(error).__name__}: {str(error)[:200]}"}

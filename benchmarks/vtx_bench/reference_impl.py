@@ -226,11 +226,8 @@ def run_case(case, precision, implementation, steps, warmup, repeats, compile_mo
         if profile_to:
             from vtx_bench import profile
 
-            try:
-                record["profile"] = profile.capture(step, timing.torch_sync, profile_steps,
-                                                    profile_to, "torch")
-            except Exception as error:  # the timing stands; the row says why
-                record["profile"] = {"error": f"{type(error).__name__}: {str(error)[:200]}"}
+            record["profile"] = profile.capture_or_error(
+                step, timing.torch_sync, profile_steps, profile_to, "torch")
     items = cases_lib.items_per_step(case, config)
     record.update(first_call_s=first, step_s=median, step_times_s=times,
                   throughput=items / median, peak_bytes=timing.torch_peak_bytes())

@@ -68,10 +68,13 @@ class MLP(keras.layers.Layer):
         self.fc2.build(tuple(input_shape[:-1]) + (self.hidden_dim,))
 
     def call(self, inputs, training=None):
-        x = self._activation_fn(apply_flat(self.fc1, inputs))
-        x = self.dropout_layer(x, training=training)
-        x = apply_flat(self.fc2, x)
-        return self.dropout_layer(x, training=training)
+        x = self._activation_fn(apply_flat(self.fc1, inputs, self))
+        if self.dropout:
+            x = self.dropout_layer(x, training=training)
+        x = apply_flat(self.fc2, x, self)
+        if self.dropout:
+            x = self.dropout_layer(x, training=training)
+        return x
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.output_dim or input_shape[-1],)

@@ -154,9 +154,9 @@ class MultiHeadAttention(keras.layers.Layer):
             query = query + ops.cast(query_position, query.dtype)
         if key_position is not None:
             key = key + ops.cast(key_position, key.dtype)
-        q = self._split_heads(apply_flat(self.query_dense, query))
-        k = self._split_heads(apply_flat(self.key_dense, key))
-        v = self._split_heads(apply_flat(self.value_dense, value))
+        q = self._split_heads(apply_flat(self.query_dense, query, self))
+        k = self._split_heads(apply_flat(self.key_dense, key, self))
+        v = self._split_heads(apply_flat(self.value_dense, value, self))
         mask = attention_mask
         if mask is not None:
             mask = ops.cast(mask, "bool")
@@ -186,7 +186,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 flash_attention=keras.config.is_flash_attention_enabled())
         shape = ops.shape(out)
         out = ops.reshape(out, (shape[0], shape[1], self.num_heads * self.head_dim))
-        out = apply_flat(self.output_dense, out)
+        out = apply_flat(self.output_dense, out, self)
         outputs = (out,)
         if return_attention_scores:
             outputs += (probs,)

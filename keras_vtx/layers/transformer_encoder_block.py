@@ -174,12 +174,13 @@ class TransformerEncoderBlock(keras.layers.Layer):
             attn, *extra = outputs
             scores = extra[0] if return_attention_scores else None
             cache = extra[-1] if cache is not None else None
-        attn = self.attention_output_dropout(attn, training=training)
-        x = x + self.drop_path_layer(attn, training=training)
+        if self.dropout:
+            attn = self.attention_output_dropout(attn, training=training)
+        x = x + self._drop_path(attn, training)
         if not self.norm_first:
             x = self.norm1(x)
         h = self.norm2(x) if self.norm_first else x
-        x = x + self.drop_path_layer(self.mlp(h, training=training), training=training)
+        x = x + self._drop_path(self.mlp(h, training=training), training)
         if not self.norm_first:
             x = self.norm2(x)
         outputs = (x,)
@@ -188,6 +189,11 @@ class TransformerEncoderBlock(keras.layers.Layer):
         if cache is not None:
             outputs += (cache,)
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def _drop_path(self, x, training):
+        # Rate-0 Dropout and DropPath are identities; not calling them saves PyTorch's
+        # eager steps a Layer.__call__ each (a few hundred microseconds of host time).
+        return self.drop_path_layer(x, training=training) if self.drop_path else x
 
     def initial_cache(self, batch_size, max_length, dtype=None):
         """An empty key/value cache for this block's self-attention.

@@ -76,3 +76,122 @@ def test_a_training_step_has_no_dense_matmul_on_a_3d_tensor():
     unbatched = [d for d in dots if d[2] == 0]
     assert len(unbatched) == 18, dots
     assert all(lhs == 2 and rhs == 2 for lhs, rhs, _ in unbatched), dots
+
+
+class _Caller(keras.layers.Layer):
+    """A layer that owns a Dense and applies it with `apply_flat(..., caller=self)`."""
+
+    def __init__(self, units, dense_dtype=None, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(units, dtype=dense_dtype or self.dtype_policy)
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+
+    def call(self, inputs):
+        # Into the Dense's compute dtype first, as Image GPT does for its float32 head.
+        return apply_flat(self.dense, keras.ops.cast(inputs, self.dense.compute_dtype), self)
+
+
+def _forward_hook_counter(layer):
+    """Counts the PyTorch forward hooks of `layer`: they fire only through Layer.__call__."""
+    calls = []
+    layer.register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_a_caller_gets_the_same_values_and_gradients(policy):
+    # On PyTorch the Dense's `call` runs directly (no Layer.__call__); elsewhere the
+    # caller argument changes nothing. Either way: the plain layer call's numbers.
+    x = np.random.default_rng(0).normal(size=(2, 5, 6)).astype("float32")
+    caller = _Caller(4, dtype=policy)
+    caller(x)
+    randomize_weights(caller, seed=2)
+
+    class Plain(keras.layers.Layer):
+        def __init__(self, inner, **kwargs):
+            super().__init__(**kwargs)
+            self.inner = inner
+
+        def call(self, inputs):
+            return self.inner(inputs)
+
+    plain = Plain(caller.dense, dtype=policy)
+    out, want = caller(x), plain(x)
+    assert keras.backend.standardize_dtype(out.dtype) == caller.dense.compute_dtype
+    assert_allclose(keras.ops.cast(out, "float32"), keras.ops.cast(want, "float32"), atol=1e-6)
+    if policy == "float32":
+        for got, expected in zip(gradients(caller, x), gradients(plain, x)):
+            assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.only_backend("torch")
+def test_torch_skips_layer_call_only_when_it_changes_nothing():
+    x = np.random.default_rng(0).normal(size=(2, 5, 6)).astype("float32")
+    same = _Caller(4, dtype="mixed_bfloat16")
+    same(x)
+    calls = _forward_hook_counter(same.dense)
+    same(x)
+    assert calls == []  # direct: the Dense's own call, inside the caller's autocast scope
+
+    # A float32 Dense in a mixed-precision caller, given a float32 input (Image GPT's
+    # head): the caller's bfloat16 autocast scope must not apply to its kernel, so the
+    # layer call runs (and computes in float32).
+    head = _Caller(4, dense_dtype="float32", dtype="mixed_bfloat16")
+    head(x)
+    calls = _forward_hook_counter(head.dense)
+    out = head(x)
+    assert calls == [1]
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    # The caller's __call__ rounds its input to bfloat16; the kernel stays float32.
+    rounded = to_numpy(keras.ops.cast(keras.ops.cast(x, "bfloat16"), "float32"))
+    np.testing.assert_allclose(
+        to_numpy(out), rounded @ to_numpy(head.dense.kernel) + to_numpy(head.dense.bias),
+        atol=1e-5)
+
+    # No caller, an int8-quantized Dense, an input in another dtype: the layer call.
+    calls = _forward_hook_counter(same.dense)
+    apply_flat(same.dense, keras.ops.convert_to_tensor(x))
+    assert calls == [1]
+    quantized = _Caller(4)
+    quantized(x)
+    quantized.dense.quantize("int8")
+    calls = _forward_hook_counter(quantized.dense)
+    quantized(x)
+    assert calls == [1]
+
+
+def _count_layer_calls(monkeypatch):
+    calls = []
+    original = keras.layers.Layer.__call__
+
+    def counting(self, *args, **kwargs):
+        calls.append(type(self).__name__)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.layers.Layer, "__call__", counting)
+    return calls
+
+
+def test_layer_calls_per_transformer_block(monkeypatch):
+    # Host time on PyTorch's eager steps is mostly Layer.__call__: a ViT block runs
+    # its norms, attention and MLP as layers, but not rate-0 dropouts, and on PyTorch
+    # not its six projections either (apply_flat's direct path).
+    block = TransformerEncoderBlock(num_heads=2, mlp_dim=16)
+    x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype("float32")
+    block(x)
+    calls = _count_layer_calls(monkeypatch)
+    block(x, training=True)
+    projections = [] if keras.backend.backend() == "torch" else ["Dense"] * 4
+    assert calls[:3] == ["TransformerEncoderBlock", "LayerNormalization", "MultiHeadAttention"]
+    assert sorted(calls) == sorted(
+        ["TransformerEncoderBlock", "LayerNormalization", "LayerNormalization",
+         "MultiHeadAttention", "MLP"] + projections + (projections[:2]))
+
+    # With dropout the Dropout layers run again (2 in the MLP, 1 after attention).
+    dropping = TransformerEncoderBlock(num_heads=2, mlp_dim=16, dropout=0.1)
+    dropping(x)
+    calls.clear()
+    dropping(x, training=True)
+    assert calls.count("Dropout") == 3

@@ -2,6 +2,7 @@
 
     python benchmarks/run_benchmarks.py                    # everything this machine can run
     python benchmarks/run_benchmarks.py --size tiny        # smoke sizes (the default on a CPU)
+    python benchmarks/run_benchmarks.py --size host --precisions float32   # host time per step
     python benchmarks/run_benchmarks.py --families vit --precisions bfloat16 --out results/
     python benchmarks/run_benchmarks.py --backends jax,torch --references transformers,timm
     python benchmarks/run_benchmarks.py --cases vit_b16_train --profile traces/
@@ -165,7 +166,8 @@ def _run_worker(args, implementation, keys, precisions, timeout):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=("auto",) + cases_lib.SIZES, default="auto",
-                        help="auto: full on a GPU/TPU machine, tiny on a CPU")
+                        help="auto: full on a GPU/TPU machine, tiny on a CPU; host: published "
+                        "depths with negligible device work (the host's time per step)")
     parser.add_argument("--backends", default=None,
                         help=f"keras_vtx backends from {BACKENDS} (default: those installed)")
     parser.add_argument("--references", default=None,
@@ -203,7 +205,7 @@ def main(argv=None):
     accelerated = has_accelerator() if args.size == "auto" or args.isolate is None else False
     if args.size == "auto":
         args.size = "full" if accelerated else "tiny"
-    full = args.size == "full"
+    full = args.size in ("full", "host")  # timed for the record; "tiny" is a smoke run
     args.steps = args.steps or (10 if full else 2)
     args.warmup = args.warmup if args.warmup is not None else (3 if full else 1)
     args.repeats = args.repeats or (5 if full else 2)
@@ -319,7 +321,7 @@ def _placeholder(case, precision, implementation, error=None, skipped=None):
 
 
 def case_size(case):
-    return "tiny" if case.overrides else "full"
+    return case.size
 
 
 if __name__ == "__main__":

@@ -363,3 +363,48 @@ def test_profile_summary_self_times_categories_and_device_choice(tmp_path):
     path.write_text(json.dumps(events))  # a bare event list is read too
     s = profile.summarize(str(path), steps=1)
     assert s["source"] == "device" and s["categories"]["matmul"] == pytest.approx(8e-6)
+
+
+@pytest.mark.backend_independent
+def test_host_size_keeps_the_published_depths_heads_and_lengths():
+    # "host" cases measure the host's time per step: what it dispatches (layers, heads,
+    # queries, text length) must be the published model's; only widths and inputs shrink.
+    _suite()
+    from vtx_bench import cases as cases_lib
+
+    full = {c.key: cases_lib.resolved_config(c) for c in cases_lib.all_cases("full")}
+    host = cases_lib.all_cases("host")
+    assert [c.key for c in host] == list(full)
+    kept = {"vit": {"backbone": ("num_layers", "num_heads", "patch_size")},
+            "clip": {"image_encoder": ("num_layers", "num_heads"),
+                     "text_encoder": ("num_layers", "num_heads", "context_length")},
+            "igpt": {"backbone": ("num_layers", "num_heads")},
+            "detr": {None: ("num_queries", "num_heads", "num_encoder_layers",
+                            "num_decoder_layers", "num_classes")}}
+    for case in host:
+        assert case.size == "host" and case.batch == 2
+        config = cases_lib.resolved_config(case)
+        for part, keys in kept[case.family].items():
+            got = config if part is None else config[part]
+            want = full[case.key] if part is None else full[case.key][part]
+            assert {k: got[k] for k in keys} == {k: want[k] for k in keys}, (case.key, part)
+        if case.family == "detr":  # ResNet-50's bottleneck counts, tiny widths
+            assert config["backbone"]["blocks_per_stage"] == [3, 4, 6, 3]
+    with pytest.raises(ValueError, match="`size` must be one of"):
+        cases_lib.all_cases("huge")
+
+
+@pytest.mark.only_backend("torch")
+def test_suite_host_size_run(tmp_path):
+    suite = _suite()
+    meta, records = suite.main([
+        "--size", "host", "--backends", "torch", "--references", "transformers",
+        "--precisions", "float32", "--cases", "vit_ti16_infer", "--steps", "1",
+        "--warmup", "0", "--repeats", "2", "--out", str(tmp_path)])
+    assert meta["size"] == "host"
+    assert {r["implementation"] for r in records} == {"keras_vtx[torch]", "transformers"}
+    for r in records:
+        assert r["batch"] == 2 and r["step_s"] > 0, r
+    ours = next(r for r in records if r["implementation"] == "keras_vtx[torch]")
+    assert ours["parameters"] == next(
+        r for r in records if r["implementation"] == "transformers")["parameters"]

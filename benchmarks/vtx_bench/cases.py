@@ -4,7 +4,10 @@ Published sizes ("full") are the configurations the issue names: ViT-Ti/S/B with
 patches at 224 (training and inference), CLIP ViT-B/32 (training pairs/s with the contrastive
 loss), DETR-R50 at 800 x 1066 (a training step with the matcher inside) and iGPT-S at 32 x 32
 (training and cached sampling). "tiny" keeps every case's structure with sizes a CPU runs in
-seconds, for the smoke test.
+seconds, for the smoke test. "host" keeps each published model's depth, head count, query
+count and text length (what the host dispatches per step) with widths, images and batches so
+small that the device's work is negligible: a step's time is then the host's (Python)
+overhead per step, the floor under an eagerly run PyTorch step however fast the GPU.
 """
 
 import dataclasses
@@ -13,7 +16,7 @@ import numpy as np
 
 FAMILIES = ("vit", "clip", "detr", "igpt")
 PRECISIONS = ("bfloat16", "float32")
-SIZES = ("full", "tiny")
+SIZES = ("full", "tiny", "host")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +29,7 @@ class Case:
     batch: int
     unit: str           # what the throughput counts: "images", "pairs" or "pixels"
     label: str          # the published name, e.g. "ViT-B/16 @224"
+    size: str = "full"  # one of SIZES
 
     @property
     def key(self):
@@ -60,30 +64,58 @@ IGPT_TINY = (("backbone", dict(vocabulary_size=17, sequence_length=16, hidden_di
                                num_layers=2, num_heads=2)),)
 # DETR's input side: 800 x 1066 is a 4:3 COCO image after the shorter side is resized to 800
 # (the longest-side cap is 1333); the tiny run keeps the aspect ratio.
-DETR_IMAGE = {"full": (800, 1066), "tiny": (48, 64)}
-DETR_MAX_BOXES = {"full": 20, "tiny": 4}
+DETR_IMAGE = {"full": (800, 1066), "tiny": (48, 64), "host": (48, 64)}
+DETR_MAX_BOXES = {"full": 20, "tiny": 4, "host": 4}
+
+
+# "host": the published depth and heads, 8 channels per head, 4 patches per image.
+_VIT_HEADS = {"vit_ti16": 3, "vit_s16": 6, "vit_b16": 12}
+
+
+def _vit_host(heads):
+    return (("backbone", dict(image_size=32, patch_size=16, num_layers=12, hidden_dim=8 * heads,
+                              num_heads=heads, mlp_dim=32 * heads)), ("num_classes", 10))
+
+
+CLIP_HOST = (("image_encoder", dict(image_size=64, patch_size=32, num_layers=12, hidden_dim=96,
+                                    num_heads=12, mlp_dim=384)),
+             ("text_encoder", dict(vocabulary_size=1000, context_length=77, num_layers=12,
+                                   hidden_dim=64, num_heads=8, mlp_dim=256, end_token_id=999)),
+             ("projection_dim", 16))
+DETR_HOST = (("backbone", dict(stage_filters=[2, 4, 4, 8], blocks_per_stage=[3, 4, 6, 3],
+                               stem_filters=8, frozen_stages=1)),
+             ("hidden_dim", 64), ("mlp_dim", 128))
+IGPT_HOST = (("backbone", dict(sequence_length=64, hidden_dim=64, num_layers=24,
+                               num_heads=8)),)
+_OVERRIDES = {"tiny": dict(clip=CLIP_TINY, detr=DETR_TINY, igpt=IGPT_TINY),
+              "host": dict(clip=CLIP_HOST, detr=DETR_HOST, igpt=IGPT_HOST)}
 
 
 def all_cases(size="full"):
-    """Every case at `size` ("full": published configurations, "tiny": smoke sizes)."""
+    """Every case at `size` ("full": published configurations, "tiny": smoke sizes,
+    "host": published depths with negligible device work)."""
     if size not in SIZES:
         raise ValueError(f"`size` must be one of {SIZES}; received {size!r}.")
     full = size == "full"
+    small = _OVERRIDES.get(size, {})
     cases = []
     for name, (preset, label) in _VIT.items():
-        overrides = () if full else _vit_tiny(_VIT_TINY[name])
+        overrides = (() if full else _vit_tiny(_VIT_TINY[name]) if size == "tiny"
+                     else _vit_host(_VIT_HEADS[name]))
         for mode in ("train", "infer"):
-            cases.append(Case(name, "vit", mode, preset, overrides, 256 if full else 4,
-                              "images", label))
+            cases.append(Case(name, "vit", mode, preset, overrides,
+                              {"full": 256, "tiny": 4, "host": 2}[size], "images", label, size))
     cases.append(Case("clip_b32", "clip", "train", "clip_vit_base_patch32",
-                      () if full else CLIP_TINY, 256 if full else 4, "pairs", "CLIP ViT-B/32"))
-    cases.append(Case("detr_r50", "detr", "train", "detr_resnet50", () if full else DETR_TINY,
-                      4 if full else 2, "images", "DETR-R50 @800x1066"))
-    igpt = () if full else IGPT_TINY
-    cases.append(Case("igpt_s", "igpt", "train", "igpt_small", igpt, 32 if full else 4,
-                      "images", "iGPT-S @32x32"))
-    cases.append(Case("igpt_s", "igpt", "sample", "igpt_small", igpt, 8 if full else 2,
-                      "pixels", "iGPT-S @32x32"))
+                      small.get("clip", ()), {"full": 256, "tiny": 4, "host": 2}[size], "pairs",
+                      "CLIP ViT-B/32", size))
+    cases.append(Case("detr_r50", "detr", "train", "detr_resnet50", small.get("detr", ()),
+                      {"full": 4, "tiny": 2, "host": 2}[size], "images", "DETR-R50 @800x1066",
+                      size))
+    igpt = small.get("igpt", ())
+    cases.append(Case("igpt_s", "igpt", "train", "igpt_small", igpt,
+                      {"full": 32, "tiny": 4, "host": 2}[size], "images", "iGPT-S @32x32", size))
+    cases.append(Case("igpt_s", "igpt", "sample", "igpt_small", igpt,
+                      {"full": 8, "tiny": 2, "host": 2}[size], "pixels", "iGPT-S @32x32", size))
     return cases
 
 
@@ -143,7 +175,7 @@ def make_inputs(case, config, seed=0):
             ids[i, e + 1:] = 0
         return {"images": images, "token_ids": ids}, None
     if case.family == "detr":
-        size = "full" if config["num_queries"] == 100 else "tiny"
+        size = case.size
         h, w = DETR_IMAGE[size]
         images = rng.standard_normal((b, h, w, 3)).astype("float32")
         mask = np.ones((b, h, w), "int32")

@@ -192,6 +192,41 @@ def test_scaled_adamw_matches_a_parameter_group():
     assert float(schedule(5)) == pytest.approx(1e-4) and float(schedule(6)) == pytest.approx(1e-5)
 
 
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_scaled_adamw_groups_equal_separate_adamw_runs(monkeypatch, amsgrad):
+    # Three groups (multipliers 1, 0.1, 0.5), some variables excluded from weight decay,
+    # over 4 steps: each variable must end where a plain AdamW at its own rate puts it.
+    # On PyTorch the groups go through Keras' multi-tensor Adam step, never the
+    # per-variable update_step.
+    rng = np.random.default_rng(0)
+    shapes = [(3,), (2, 2), (4,), (1,), (2,)]
+    multipliers = [1.0, 0.1, 0.1, 0.5, 1.0]
+    decays = [True, True, False, True, False]
+    grads = [[rng.normal(size=s).astype("float32") for s in shapes] for _ in range(4)]
+    start = [rng.normal(size=s).astype("float32") for s in shapes]
+    variables = [keras.Variable(v) for v in start]
+    opt = ScaledAdamW(learning_rate=0.01, weight_decay=0.1, amsgrad=amsgrad)
+    for multiplier in (0.1, 0.5):
+        opt.set_learning_rate_multiplier(
+            multiplier, [v for v, m in zip(variables, multipliers) if m == multiplier])
+    opt.exclude_from_weight_decay(var_list=[v for v, d in zip(variables, decays) if not d])
+    calls = []
+    original = ScaledAdamW.update_step
+    monkeypatch.setattr(ScaledAdamW, "update_step",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    for step in grads:
+        opt.apply([keras.ops.convert_to_tensor(g) for g in step], variables)
+    assert (calls == []) == (BACKEND == "torch")
+    for i, variable in enumerate(variables):
+        alone = keras.Variable(start[i])
+        reference = keras.optimizers.AdamW(learning_rate=0.01 * multipliers[i],
+                                           weight_decay=0.1 if decays[i] else 0.0,
+                                           amsgrad=amsgrad)
+        for step in grads:
+            reference.apply([keras.ops.convert_to_tensor(step[i])], [alone])
+        assert_allclose(to_numpy(variable), to_numpy(alone), atol=1e-6, err_msg=str(i))
+
+
 def test_post_processing_and_predict_detections(model):
     logits = np.zeros((2, 3, 3), "float32")
     logits[0, 0, 1], logits[0, 1, 0], logits[0, 2, 2] = 5.0, 3.0, 9.0  # query 2: no object

@@ -64,6 +64,15 @@ def _cases(args):
 
 def _worker(args):
     cases = {c.key: c for c in _cases(args)}
+    if args.size == "host" and args.worker != "flops":
+        # The host's (Python) time is single-threaded; PyTorch's intra-op threads on
+        # tiny tensors only add wake-up noise (measured: medians varied 1.3x between runs).
+        try:
+            import torch
+
+            torch.set_num_threads(1)
+        except ImportError:
+            pass
     if args.worker == "flops":
         from vtx_bench import keras_impl
 

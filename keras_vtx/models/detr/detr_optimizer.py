@@ -106,7 +106,8 @@ class ScaledAdamW(keras.optimizers.AdamW):
         groups = {}
         for grad, variable in zip(grads, trainable_variables):
             group = groups.setdefault(self.learning_rate_multiplier(variable), ([], []))
-            group[0].append(grad)
+            # As Adam's update_step: gradients in the variable's dtype (NumPy ones too).
+            group[0].append(ops.convert_to_tensor(grad, dtype=variable.dtype))
             group[1].append(variable)
         decays = super()._use_weight_decay  # the unscaled rule (AdamW's exclusions)
         with torch.no_grad():

@@ -89,6 +89,14 @@ IGPT_HOST = (("backbone", dict(sequence_length=64, hidden_dim=64, num_layers=24,
                                num_heads=8)),)
 _OVERRIDES = {"tiny": dict(clip=CLIP_TINY, detr=DETR_TINY, igpt=IGPT_TINY),
               "host": dict(clip=CLIP_HOST, detr=DETR_HOST, igpt=IGPT_HOST)}
+# Batch per size: ViT, CLIP, DETR, iGPT training, iGPT sampling.
+_BATCH = {"full": (256, 256, 4, 32, 8), "tiny": (4, 4, 2, 4, 2), "host": (2, 2, 2, 2, 2)}
+
+
+def _vit_overrides(name, size):
+    if size == "tiny":
+        return _vit_tiny(_VIT_TINY[name])
+    return _vit_host(_VIT_HEADS[name]) if size == "host" else ()
 
 
 def all_cases(size="full"):
@@ -96,26 +104,22 @@ def all_cases(size="full"):
     "host": published depths with negligible device work)."""
     if size not in SIZES:
         raise ValueError(f"`size` must be one of {SIZES}; received {size!r}.")
-    full = size == "full"
     small = _OVERRIDES.get(size, {})
+    vit, clip, detr, igpt_train, igpt_sample = _BATCH[size]
     cases = []
     for name, (preset, label) in _VIT.items():
-        overrides = (() if full else _vit_tiny(_VIT_TINY[name]) if size == "tiny"
-                     else _vit_host(_VIT_HEADS[name]))
         for mode in ("train", "infer"):
-            cases.append(Case(name, "vit", mode, preset, overrides,
-                              {"full": 256, "tiny": 4, "host": 2}[size], "images", label, size))
+            cases.append(Case(name, "vit", mode, preset, _vit_overrides(name, size), vit,
+                              "images", label, size))
     cases.append(Case("clip_b32", "clip", "train", "clip_vit_base_patch32",
-                      small.get("clip", ()), {"full": 256, "tiny": 4, "host": 2}[size], "pairs",
-                      "CLIP ViT-B/32", size))
-    cases.append(Case("detr_r50", "detr", "train", "detr_resnet50", small.get("detr", ()),
-                      {"full": 4, "tiny": 2, "host": 2}[size], "images", "DETR-R50 @800x1066",
-                      size))
+                      small.get("clip", ()), clip, "pairs", "CLIP ViT-B/32", size))
+    cases.append(Case("detr_r50", "detr", "train", "detr_resnet50", small.get("detr", ()), detr,
+                      "images", "DETR-R50 @800x1066", size))
     igpt = small.get("igpt", ())
-    cases.append(Case("igpt_s", "igpt", "train", "igpt_small", igpt,
-                      {"full": 32, "tiny": 4, "host": 2}[size], "images", "iGPT-S @32x32", size))
-    cases.append(Case("igpt_s", "igpt", "sample", "igpt_small", igpt,
-                      {"full": 8, "tiny": 2, "host": 2}[size], "pixels", "iGPT-S @32x32", size))
+    cases.append(Case("igpt_s", "igpt", "train", "igpt_small", igpt, igpt_train, "images",
+                      "iGPT-S @32x32", size))
+    cases.append(Case("igpt_s", "igpt", "sample", "igpt_small", igpt, igpt_sample, "pixels",
+                      "iGPT-S @32x32", size))
     return cases
 
 

@@ -165,7 +165,9 @@ def _check_profile(record, backend, folder):
 
 
 @pytest.mark.only_backend("torch")  # eager PyTorch steps; the FLOP worker is JAX's anyway
-def test_suite_batch_override_flash_switch_and_per_batch_flop_cache(tmp_path):
+def test_suite_host_size_batch_override_flash_switch_and_per_batch_flop_cache(tmp_path):
+    # One run checks --size host beside transformers, --batch, --flash and the FLOP cache
+    # (each suite run starts worker processes: tens of seconds of imports).
     suite = _suite()
     from vtx_bench import cases as cases_lib
     from vtx_bench import flops as flops_lib
@@ -174,24 +176,30 @@ def test_suite_batch_override_flash_switch_and_per_batch_flop_cache(tmp_path):
     # must neither use nor overwrite it, and keeps its own count beside it.
     cache = tmp_path / "flops.json"
     cache.write_text(json.dumps({"vit_ti16_infer": 12345}))
-    meta, (record,) = suite.main([
-        "--size", "tiny", "--backends", "torch", "--references", "none", "--precisions",
-        "float32", "--cases", "vit_ti16_infer", "--steps", "1", "--warmup", "0", "--repeats",
-        "1", "--flops-cache", str(cache), "--batch", "2", "--flash", "off",
+    meta, records = suite.main([
+        "--size", "host", "--backends", "torch", "--references", "transformers",
+        "--precisions", "float32", "--cases", "vit_ti16_infer", "--steps", "1", "--warmup",
+        "0", "--repeats", "1", "--flops-cache", str(cache), "--batch", "3", "--flash", "off",
         "--out", str(tmp_path)])
-    assert record["batch"] == 2 and "throughput" in record, record
-    assert record["throughput"] == pytest.approx(2 / record["step_s"])
+    assert meta["size"] == "host"
+    assert {r["implementation"] for r in records} == {"keras_vtx[torch]", "transformers"}
+    record = next(r for r in records if r["implementation"] == "keras_vtx[torch]")
+    reference = next(r for r in records if r["implementation"] == "transformers")
+    for r in records:
+        assert r["batch"] == 3 and r["step_s"] > 0, r
+        assert r["throughput"] == pytest.approx(3 / r["step_s"])
+    assert record["parameters"] == reference["parameters"]
     assert record["attention"] == "sdpa"
-    case = cases_lib.select(cases_lib.all_cases("tiny"), names=["vit_ti16_infer"])[0]
+    case = cases_lib.select(cases_lib.all_cases("host"), names=["vit_ti16_infer"])[0]
     b = cases_lib.resolved_config(case)["backbone"]
-    expected = flops_lib.vit_forward_flops(2, b["image_size"], b["patch_size"],
+    expected = flops_lib.vit_forward_flops(3, b["image_size"], b["patch_size"],
                                            b["num_layers"], b["hidden_dim"], b["mlp_dim"],
                                            cases_lib.resolved_config(case)["num_classes"])
     assert json.loads(cache.read_text()) == {"vit_ti16_infer": 12345,
-                                             "vit_ti16_infer@batch2": expected}
+                                             "vit_ti16_infer@batch3": expected}
     assert meta["forward_flops"] == {"vit_ti16_infer": expected}
     assert record["flops_per_step"] == expected
-    assert "--batch 2" in meta["command"]
+    assert "--batch 3" in meta["command"]
     with pytest.raises(SystemExit):
         suite.main(["--batch", "0", "--out", str(tmp_path)])
 
@@ -392,19 +400,3 @@ def test_host_size_keeps_the_published_depths_heads_and_lengths():
             assert config["backbone"]["blocks_per_stage"] == [3, 4, 6, 3]
     with pytest.raises(ValueError, match="`size` must be one of"):
         cases_lib.all_cases("huge")
-
-
-@pytest.mark.only_backend("torch")
-def test_suite_host_size_run(tmp_path):
-    suite = _suite()
-    meta, records = suite.main([
-        "--size", "host", "--backends", "torch", "--references", "transformers",
-        "--precisions", "float32", "--cases", "vit_ti16_infer", "--steps", "1",
-        "--warmup", "0", "--repeats", "2", "--out", str(tmp_path)])
-    assert meta["size"] == "host"
-    assert {r["implementation"] for r in records} == {"keras_vtx[torch]", "transformers"}
-    for r in records:
-        assert r["batch"] == 2 and r["step_s"] > 0, r
-    ours = next(r for r in records if r["implementation"] == "keras_vtx[torch]")
-    assert ours["parameters"] == next(
-        r for r in records if r["implementation"] == "transformers")["parameters"]

@@ -38,6 +38,7 @@ What a pipeline does, in order:
 """
 
 import csv
+import functools
 import json
 import os
 
@@ -274,7 +275,9 @@ def _caption_list(caption, index):
     return list(caption)
 
 
+@functools.lru_cache(maxsize=1)
 def _default_tokenizer():
+    """One shared `CLIPTokenizer()` (its BPE graph is traced once, its word cache shared)."""
     try:
         from keras_vtx.models.clip.clip_tokenizer import CLIPTokenizer
     except ImportError as error:

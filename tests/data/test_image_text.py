@@ -437,6 +437,8 @@ def test_default_tokenizer_is_clip():
     assert np.all(batch["token_ids"][:, 0] == 49406)
     expected = np.asarray(data.tokenizer([c[0] for c in data.validation_captions[:4]]))
     np.testing.assert_array_equal(batch["token_ids"], expected)
+    # One default tokenizer for every pipeline: its BPE graph is traced once.
+    assert load_pair_data("shapes:20", image_size=8, batch_size=4).tokenizer is data.tokenizer
 
 
 @pytest.mark.backend_independent

@@ -108,6 +108,26 @@ def test_in_graph_ids_match_reference(tokenizer, reference):
 
 
 @pytest.mark.backend_independent
+def test_the_bpe_graph_is_traced_once_per_tokenizer(reference):
+    # Eager calls, tf.data maps (batched and unbatched) and tf.functions all call one
+    # traced function instead of tracing the BPE graph into each (seconds per dataset).
+    tokenizer = CLIPTokenizer(sequence_length=12)
+    expected = _reference_ids(reference, STRINGS[:4], length=12)
+    datasets = [tf.data.Dataset.from_tensor_slices(STRINGS[:4]).batch(2).map(tokenizer),
+                tf.data.Dataset.from_tensor_slices(STRINGS[:4]).map(tokenizer)]
+    for dataset in datasets:
+        np.testing.assert_array_equal(np.concatenate(
+            [np.reshape(b.numpy(), (-1, 12)) for b in dataset]), expected)
+    traced = tokenizer.__dict__.get("_traced_functions", {})
+    assert list(traced) == [False]  # tensors: no Python cleaning
+    assert traced[False].experimental_get_tracing_count() == 1
+    in_function = tf.function(lambda x: tokenizer.tokenize(x))(tf.constant(STRINGS[:4]))
+    np.testing.assert_array_equal(in_function.numpy(), expected)
+    np.testing.assert_array_equal(to_numpy(tokenizer(tf.constant(STRINGS[:4]))), expected)
+    assert traced[False].experimental_get_tracing_count() == 1
+
+
+@pytest.mark.backend_independent
 def test_unbatched_in_graph_and_tf_tensor_inputs(tokenizer, reference):
     dataset = tf.data.Dataset.from_tensor_slices(STRINGS[:4]).map(tokenizer)
     element_spec = dataset.element_spec

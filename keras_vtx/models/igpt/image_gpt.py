@@ -11,7 +11,7 @@ from keras_vtx.models.igpt.image_gpt_backbone import (
     ImageGPTBackbone,
     check_token_ids,
 )
-from keras_vtx.models.task import TaskPresets
+from keras_vtx.models.task import OptimizerBuiltBeforeFit, TaskPresets
 
 OBJECTIVES = ("autoregressive", "bert")
 
@@ -32,7 +32,7 @@ def _as_palette(palette):
 
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
-class ImageGPT(TaskPresets, keras.Model):
+class ImageGPT(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
     """Image GPT (Chen et al. 2020): generative pre-training on sequences of palette ids.
 
     An `ImageGPTBackbone` and an output head over the `K` palette colours, not

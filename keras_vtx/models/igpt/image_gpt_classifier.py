@@ -9,11 +9,11 @@ from keras_vtx.models.backbone import transfer_weights
 from keras_vtx.models.igpt.image_gpt import OBJECTIVES, ImageGPT, _as_palette
 from keras_vtx.models.igpt.image_gpt_backbone import ImageGPTBackbone
 from keras_vtx.models.igpt.image_gpt_features import draw_masks
-from keras_vtx.models.task import TaskPresets
+from keras_vtx.models.task import OptimizerBuiltBeforeFit, TaskPresets
 
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
-class ImageGPTClassifier(TaskPresets, keras.Model):
+class ImageGPTClassifier(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
     """Image GPT fine-tuned for classification (Chen et al. 2020, section 2.3).
 
     The backbone's final (normed) features are average-pooled over positions

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vtx.models import ViTClassifier
+from keras_vtx.models import ViTBackbone, ViTClassifier
 from tests.recipe_helpers import load_recipe, run_two_epochs
 
 # Where the interrupted-then-resumed run is checked (see `run_two_epochs`).
@@ -17,7 +17,12 @@ RESUME_ON_THIS_BACKEND = keras.backend.backend() == "tensorflow"
 def test_recipe_resumes_reports_and_saves_a_reloadable_preset(tmp_path):
     recipe = load_recipe("vit_classification")
     output = tmp_path / "run"
-    argv = ["--data", "shapes:96", "--epochs", "2", "--steps-per-epoch", "2",
+    # One narrow layer, as a preset directory: the recipe's mechanics, not its accuracy,
+    # are tested here.
+    tiny = tmp_path / "tiny_preset"
+    ViTClassifier(ViTBackbone(image_size=32, patch_size=8, num_layers=1, hidden_dim=16,
+                              num_heads=2, mlp_dim=32), num_classes=6).save_to_preset(str(tiny))
+    argv = ["--preset", str(tiny), "--data", "shapes:96", "--epochs", "2", "--steps-per-epoch", "2",
             "--batch-size", "16", "--output", str(output), "--verbose", "0", "--distribute"]
     report = run_two_epochs(recipe, argv, output, RESUME_ON_THIS_BACKEND)
 

@@ -4,7 +4,14 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vtx.models import CLIP, DETR, ImageGPT, ImageGPTClassifier, ViTClassifier
+from keras_vtx.models import (
+    CLIP,
+    DETR,
+    ImageGPT,
+    ImageGPTClassifier,
+    ViTBackbone,
+    ViTClassifier,
+)
 from keras_vtx.models.task import build_optimizer_before_tracing
 from tests.test_case import BACKEND
 
@@ -28,7 +35,9 @@ def test_every_layer_is_built_at_construction(name):
 
 
 def test_fit_traces_the_training_step_once():
-    model = MODELS["vit"]()
+    backbone = ViTBackbone(image_size=32, patch_size=8, num_layers=1, hidden_dim=16,
+                           num_heads=2, mlp_dim=32)
+    model = ViTClassifier(backbone, num_classes=3)
     model.compile(total_steps=10, warmup_steps=1)
     calls = []
     train_step = model.train_step

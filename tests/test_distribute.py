@@ -264,8 +264,9 @@ def _check_equivalence(report):
     np.testing.assert_allclose(report["loss_double"], report["loss_single"], rtol=1e-5)
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="runs once, from the tensorflow session "
-                    "(the subprocess sets its own backend; that session has the most slack in CI)")
+# Runs once, from the tensorflow session (the subprocess sets its own backend; in CI,
+# where the sessions run side by side, JAX's is the longest).
+@pytest.mark.only_backend("tensorflow")
 @pytest.mark.slow
 def test_jax_two_replicas_match_one():
     report = _replica_report("jax")

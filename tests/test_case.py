@@ -20,6 +20,17 @@ def to_numpy(x):
     return np.asarray(keras.ops.convert_to_numpy(x))
 
 
+def shapes_only():
+    """A scope in which models get variables with shapes and no values.
+
+    For tests that count the parameters of published sizes: random initialisation is most
+    of the time of building them (eager JAX compiles each initializer; seconds per model),
+    and a count needs only shapes. The variables stay uninitialised (they cannot be read)
+    until the test's `clear_session()` drops them.
+    """
+    return keras.StatelessScope(initialize_variables=False)
+
+
 def assert_allclose(actual, desired, atol=1e-5, rtol=1e-5, err_msg=""):
     np.testing.assert_allclose(to_numpy(actual), to_numpy(desired), atol=atol, rtol=rtol,
                                err_msg=err_msg)

@@ -108,9 +108,12 @@ def test_in_graph_ids_match_reference(tokenizer, reference):
 
 
 @pytest.mark.backend_independent
-def test_the_bpe_graph_is_traced_once_per_tokenizer(reference):
-    # Eager calls, tf.data maps (batched and unbatched) and tf.functions all call one
-    # traced function instead of tracing the BPE graph into each (seconds per dataset).
+def test_the_bpe_graph_is_traced_once_per_vocabulary(reference):
+    # Eager calls, tf.data maps (batched and unbatched), tf.functions and other tokenizers
+    # with the same vocabulary all call one traced BPE function instead of tracing the
+    # BPE graph again (seconds each).
+    from keras_vtx.models.clip import clip_tokenizer
+
     tokenizer = CLIPTokenizer(sequence_length=12)
     expected = _reference_ids(reference, STRINGS[:4], length=12)
     datasets = [tf.data.Dataset.from_tensor_slices(STRINGS[:4]).batch(2).map(tokenizer),
@@ -118,13 +121,24 @@ def test_the_bpe_graph_is_traced_once_per_tokenizer(reference):
     for dataset in datasets:
         np.testing.assert_array_equal(np.concatenate(
             [np.reshape(b.numpy(), (-1, 12)) for b in dataset]), expected)
-    traced = tokenizer.__dict__.get("_traced_functions", {})
-    assert list(traced) == [False]  # tensors: no Python cleaning
-    assert traced[False].experimental_get_tracing_count() == 1
+    bpe = clip_tokenizer._shared_bpe(tokenizer, False)  # tensors: no Python cleaning
+    assert bpe.experimental_get_tracing_count() == 1
     in_function = tf.function(lambda x: tokenizer.tokenize(x))(tf.constant(STRINGS[:4]))
     np.testing.assert_array_equal(in_function.numpy(), expected)
     np.testing.assert_array_equal(to_numpy(tokenizer(tf.constant(STRINGS[:4]))), expected)
-    assert traced[False].experimental_get_tracing_count() == 1
+    # Another context length frames the same BPE ids differently.
+    longer = CLIPTokenizer(sequence_length=20)
+    np.testing.assert_array_equal(to_numpy(longer(tf.constant(STRINGS[:4]))),
+                                  _reference_ids(reference, STRINGS[:4], length=20))
+    assert clip_tokenizer._shared_bpe(longer, False) is bpe
+    assert bpe.experimental_get_tracing_count() == 1
+    # Other merges are other tables: their own function, their own ids.
+    merges = clip_tokenizer._read_merges(clip_tokenizer.MERGES_FILE)[:1000]
+    fewer = CLIPTokenizer(sequence_length=12, merges=merges)
+    assert clip_tokenizer._shared_bpe(fewer, False) is not bpe
+    assert not np.array_equal(to_numpy(fewer(tf.constant(STRINGS[:4]))), expected)
+    assert clip_tokenizer._shared_bpe(CLIPTokenizer(merges=merges), False) is (
+        clip_tokenizer._shared_bpe(fewer, False))
 
 
 @pytest.mark.backend_independent

@@ -10,7 +10,8 @@ import pytest
 from keras_vtx.models import DETR
 from tests.recipe_helpers import load_recipe, run_two_epochs
 
-# Where the interrupted-then-resumed run is checked (see `run_two_epochs`).
+# Where the interrupted-then-resumed run is checked (see `run_two_epochs`): eager
+# PyTorch, where the second run costs no new compile.
 RESUME_ON_THIS_BACKEND = keras.backend.backend() == "torch"
 
 

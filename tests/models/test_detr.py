@@ -164,9 +164,11 @@ def test_fit_compiles_the_matcher_and_stays_finite_in_mixed_precision():
                  if np.all(b == to_numpy(v)) and v.path not in DEGENERATE
                  and not v.path.endswith(("query/bias", "key/bias"))]
     assert not unchanged
-    out = model(x)
-    assert keras.backend.standardize_dtype(out["logits"].dtype) == "float32"
-    assert np.isfinite(float(to_numpy(model.loss(y, out))))
+    # The heads give float32 (the symbolic call: an eager mixed-precision DETR forward and
+    # loss cost JAX ~15 s of op-by-op compiles; the fit's losses above are the real ones).
+    spec = model.compute_output_spec(x)
+    for key in ("logits", "boxes"):
+        assert keras.backend.standardize_dtype(spec[key].dtype) == "float32", key
 
 
 def test_scaled_adamw_matches_a_parameter_group():

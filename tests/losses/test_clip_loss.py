@@ -315,7 +315,9 @@ def test_jax_two_replicas_match_one():
     _check_one_vs_two_replicas(report)
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason="inspects the compiled JAX module")
+# Inspects the compiled JAX module of the same subprocess report as
+# test_jax_two_replicas_match_one (run once, from the TensorFlow session).
+@pytest.mark.only_backend("tensorflow")
 @pytest.mark.slow
 def test_jax_logits_per_device_are_local_rows_by_global_columns():
     report = _replica_report("jax")

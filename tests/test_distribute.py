@@ -274,8 +274,8 @@ def test_jax_two_replicas_match_one():
     _check_equivalence(report)
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="runs once, in the tensorflow env (the "
-                                                    "subprocess sets its own backend)")
+# Runs once, from the tensorflow session (the subprocess sets its own backend).
+@pytest.mark.only_backend("tensorflow")
 @pytest.mark.slow
 def test_tensorflow_two_replicas_match_one():
     report = _replica_report("tensorflow")
@@ -315,8 +315,8 @@ print("OK")
 """
 
 
-@pytest.mark.skipif(BACKEND != "torch", reason="runs once, from the torch session (the "
-                                               "lightest backend to start)")
+# Runs once, from the torch session (the lightest backend to start).
+@pytest.mark.only_backend("torch")
 def test_imports_and_runs_without_tensorflow():
     env = dict(os.environ, KERAS_BACKEND="torch", PYTHONPATH=ROOT)
     result = subprocess.run(

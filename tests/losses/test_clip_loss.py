@@ -332,8 +332,8 @@ def test_jax_logits_per_device_are_local_rows_by_global_columns():
         assert case["max_gradient_difference"] < 1e-5
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="runs once, in the tensorflow session "
-                                                    "(the subprocess sets its own backend)")
+# Runs once, from the tensorflow session (the subprocess sets its own backend).
+@pytest.mark.only_backend("tensorflow")
 @pytest.mark.slow
 def test_tensorflow_two_replicas_match_one():
     report = _replica_report("tensorflow")

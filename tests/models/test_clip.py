@@ -363,8 +363,8 @@ def test_named_presets():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="a parameter count does not depend on the "
-                    "backend: built once, in the tensorflow session (the fastest to build)")
+# A parameter count does not depend on the backend: built once, in the tensorflow session.
+@pytest.mark.only_backend("tensorflow")
 @pytest.mark.parametrize("name", sorted(PARAMETER_COUNTS))
 def test_parameter_counts_match_transformers(name):
     torch = pytest.importorskip("torch")

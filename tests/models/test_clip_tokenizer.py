@@ -139,6 +139,10 @@ def test_the_bpe_graph_is_traced_once_per_vocabulary(reference):
     assert not np.array_equal(to_numpy(fewer(tf.constant(STRINGS[:4]))), expected)
     assert clip_tokenizer._shared_bpe(CLIPTokenizer(merges=merges), False) is (
         clip_tokenizer._shared_bpe(fewer, False))
+    # New tables set on a tokenizer (as loading saved assets does) select their function.
+    fewer.set_vocabulary_and_merges(dict(tokenizer.vocabulary), list(tokenizer.merges))
+    assert clip_tokenizer._shared_bpe(fewer, False) is bpe
+    np.testing.assert_array_equal(to_numpy(fewer(tf.constant(STRINGS[:4]))), expected)
 
 
 @pytest.mark.backend_independent

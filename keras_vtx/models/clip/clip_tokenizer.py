@@ -177,7 +177,9 @@ class CLIPTokenizer(keras_hub.models.CLIPTokenizer):
 
     def set_vocabulary_and_merges(self, vocabulary, merges):
         super().set_vocabulary_and_merges(vocabulary, merges)
-        self.__dict__.pop("_tables_digest", None)  # other tables: another BPE function
+        # Other tables: another BPE function, and the special tokens' ids are retraced.
+        self.__dict__.pop("_tables_digest", None)
+        self.__dict__.pop("_frame_function", None)
 
     def _tables_key(self):
         """What identifies the BPE tables: the vocabulary and merges, by content."""

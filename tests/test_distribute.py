@@ -264,9 +264,9 @@ def _check_equivalence(report):
     np.testing.assert_allclose(report["loss_double"], report["loss_single"], rtol=1e-5)
 
 
-# Runs once, from the tensorflow session (the subprocess sets its own backend; in CI,
-# where the sessions run side by side, JAX's is the longest).
-@pytest.mark.only_backend("tensorflow")
+# Runs once, from the PyTorch session (the subprocess sets its own backend; in CI,
+# where the sessions run side by side, PyTorch's ends first).
+@pytest.mark.only_backend("torch")
 @pytest.mark.slow
 def test_jax_two_replicas_match_one():
     report = _replica_report("jax")
@@ -274,8 +274,8 @@ def test_jax_two_replicas_match_one():
     _check_equivalence(report)
 
 
-# Runs once, from the tensorflow session (the subprocess sets its own backend).
-@pytest.mark.only_backend("tensorflow")
+# Runs once, from the PyTorch session (the subprocess sets its own backend).
+@pytest.mark.only_backend("torch")
 @pytest.mark.slow
 def test_tensorflow_two_replicas_match_one():
     report = _replica_report("tensorflow")
@@ -284,8 +284,8 @@ def test_tensorflow_two_replicas_match_one():
 
 
 # The same JAX subprocess report as test_jax_two_replicas_match_one (run once, from the
-# TensorFlow session: JAX's is CI's longest).
-@pytest.mark.only_backend("tensorflow")
+# PyTorch session).
+@pytest.mark.only_backend("torch")
 @pytest.mark.slow
 def test_jax_model_parallel_shards_query_kernel():
     report = _replica_report("jax")["model_parallel"]

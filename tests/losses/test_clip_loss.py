@@ -305,9 +305,9 @@ def _check_one_vs_two_replicas(report):
     assert report["max_weight_difference_local"] > 0.1
 
 
-# Runs once, from the tensorflow session (the subprocess sets its own backend; in CI,
-# where the sessions run side by side, JAX's is the longest).
-@pytest.mark.only_backend("tensorflow")
+# Runs once, from the PyTorch session (the subprocess sets its own backend; in CI,
+# where the sessions run side by side, PyTorch's ends first).
+@pytest.mark.only_backend("torch")
 @pytest.mark.slow
 def test_jax_two_replicas_match_one():
     report = _replica_report("jax")
@@ -316,8 +316,8 @@ def test_jax_two_replicas_match_one():
 
 
 # Inspects the compiled JAX module of the same subprocess report as
-# test_jax_two_replicas_match_one (run once, from the TensorFlow session).
-@pytest.mark.only_backend("tensorflow")
+# test_jax_two_replicas_match_one (run once, from the PyTorch session).
+@pytest.mark.only_backend("torch")
 @pytest.mark.slow
 def test_jax_logits_per_device_are_local_rows_by_global_columns():
     report = _replica_report("jax")
@@ -332,8 +332,8 @@ def test_jax_logits_per_device_are_local_rows_by_global_columns():
         assert case["max_gradient_difference"] < 1e-5
 
 
-# Runs once, from the tensorflow session (the subprocess sets its own backend).
-@pytest.mark.only_backend("tensorflow")
+# Runs once, from the PyTorch session (the subprocess sets its own backend).
+@pytest.mark.only_backend("torch")
 @pytest.mark.slow
 def test_tensorflow_two_replicas_match_one():
     report = _replica_report("tensorflow")

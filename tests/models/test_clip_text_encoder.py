@@ -11,6 +11,7 @@ from tests.test_case import (
     np_attention,
     np_layer_norm,
     np_mlp,
+    shapes_only,
     to_numpy,
 )
 
@@ -126,7 +127,8 @@ def test_preset_round_trip_and_shorter_context(tmp_path):
 
 
 def test_from_clip_presets(tmp_path):
-    encoder = CLIPTextEncoder.from_preset("clip_vit_large_patch14", num_layers=1)
+    with shapes_only():  # L/14's 38M-parameter token embedding: shapes are enough here
+        encoder = CLIPTextEncoder.from_preset("clip_vit_large_patch14", num_layers=1)
     assert (encoder.hidden_dim, encoder.num_heads, encoder.num_layers) == (768, 12, 1)
     assert encoder.vocabulary_size == 49408 and encoder.context_length == 77
     # The text tower of a saved CLIP preset, weights included.

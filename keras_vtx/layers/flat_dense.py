@@ -1,9 +1,66 @@
-"""Dense layers applied to token tensors: one 2-D matmul, and no per-call overhead on PyTorch."""
+"""Sublayer calls without `Layer.__call__`'s overhead on PyTorch, and Dense layers applied
+to token tensors as one 2-D matmul."""
 
 import keras
 from keras import ops
 
 _TORCH = keras.backend.backend() == "torch"
+
+# The classes whose instances `call_sublayer` may call directly: exact classes (a
+# subclass could add to `__call__`), Keras' own and keras_vtx's `allow_direct_calls`.
+_DIRECT_CALL_TYPES = {keras.layers.Dense, keras.layers.LayerNormalization,
+                      keras.layers.RMSNormalization}
+
+
+def allow_direct_calls(cls):
+    """Class decorator: `call_sublayer` may run this class's `call` directly on PyTorch.
+
+    For layers whose `call` does all their work (no `__call__` override, no
+    masks, no custom call-context arguments). Subclasses are not included.
+    """
+    _DIRECT_CALL_TYPES.add(cls)
+    return cls
+
+
+def call_sublayer(layer, caller, inputs, **kwargs):
+    """`layer(inputs, **kwargs)` from `caller.call`, without the layer call's overhead on PyTorch.
+
+    Keras runs eagerly on PyTorch, and `Layer.__call__` costs about 100-300
+    microseconds of Python per call (input conversion, call context, masks,
+    autocast scope, PyTorch module hooks), more than a small model's norm or MLP.
+    When that machinery would change nothing, the layer's `call` runs directly:
+    `layer` is a built instance of a listed class (`allow_direct_calls`),
+    unquantized, without an activity regularizer, with `caller`'s dtype policy
+    and autocast setting (so `caller`'s autocast scope is the one it would see;
+    a layer that does not autocast, as Keras' `LayerNormalization`, qualifies
+    only when its variables are in its compute dtype, where no scope changes them),
+    `inputs` is a concrete tensor in its input dtype without a Keras mask, the
+    keyword arguments hold no tensors (a tensor would be converted to the
+    compute dtype by the layer call) and no distribution is set. Anything else,
+    and every call on JAX and TensorFlow (traced once per step function, where
+    the layer call costs nothing per step), goes through `layer(inputs, **kwargs)`.
+    PyTorch module hooks on `layer` do not fire on the direct path.
+
+    Args:
+        layer: the sublayer.
+        caller: the layer whose `call` is running (it built `layer`).
+        inputs: the sublayer's single positional input.
+        **kwargs: its keyword arguments (`training` and the like).
+
+    Returns:
+        What `layer(inputs, **kwargs)` returns.
+
+    Example:
+    >>> import keras
+    >>> norm = keras.layers.LayerNormalization()
+    >>> norm.build((2, 3, 4))
+    >>> caller = keras.layers.Identity()
+    >>> tuple(call_sublayer(norm, caller, keras.ops.ones((2, 3, 4))).shape)
+    (2, 3, 4)
+    """
+    if _TORCH and _direct_call_ok(layer, inputs, caller, kwargs):
+        return layer.call(inputs, **kwargs)
+    return layer(inputs, **kwargs)
 
 
 def apply_flat(dense, x, caller=None):
@@ -22,18 +79,10 @@ def apply_flat(dense, x, caller=None):
     is not fully known (symbolic Keras tensors, a TensorFlow graph with a
     dynamic batch) are passed through unchanged.
 
-    On PyTorch, which runs Keras eagerly and whose matmul folds the leading
-    dimensions itself, the cost to cut is the host's: `Layer.__call__` takes
-    a few hundred microseconds of Python per call, more than the matmul of a
-    small model. Given the `caller` (the layer whose `call` is running, which
-    built `dense` with its own dtype policy), the Dense's `call` runs
-    directly when that is what `Layer.__call__` would run: a plain
-    `keras.layers.Dense`, built, not quantized, without an activity
-    regularizer, with the caller's dtype policy and autocast setting (so the
-    caller's autocast scope is the one the Dense would see), on a concrete
-    tensor already in the Dense's compute dtype. Anything else (a symbolic
-    call, a quantized layer, another dtype) goes through `dense(x)`. PyTorch
-    module hooks on `dense` itself do not fire on the direct path.
+    On PyTorch, whose matmul folds the leading dimensions itself, `x` goes to
+    the Dense as it is, through `call_sublayer` when the `caller` is given
+    (the layer whose `call` is running, which built `dense`): the Dense's
+    `call` runs directly when `Layer.__call__` would add nothing but host time.
 
     Args:
         dense: a `keras.layers.Dense` (or any layer acting on the last axis).
@@ -50,9 +99,7 @@ def apply_flat(dense, x, caller=None):
     (2, 3, 4)
     """
     if _TORCH:
-        if caller is not None and _direct_call_ok(dense, x, caller):
-            return dense.call(x)
-        return dense(x)
+        return dense(x) if caller is None else call_sublayer(dense, caller, x)
     shape = tuple(x.shape)
     if len(shape) < 3 or not all(isinstance(d, int) for d in shape):
         return dense(x)
@@ -60,14 +107,20 @@ def apply_flat(dense, x, caller=None):
     return ops.reshape(y, shape[:-1] + (y.shape[-1],))
 
 
-def _direct_call_ok(dense, x, caller):
+def _direct_call_ok(layer, x, caller, kwargs):
     return (
-        type(dense) is keras.layers.Dense
-        and dense.built
-        and dense.quantization_mode is None
-        and dense.activity_regularizer is None
-        and dense.autocast == caller.autocast
-        and dense.dtype_policy.name == caller.dtype_policy.name
+        type(layer) in _DIRECT_CALL_TYPES
+        and layer.built
+        and getattr(layer, "quantization_mode", None) is None
+        and layer.activity_regularizer is None
+        and layer.dtype_policy.name == caller.dtype_policy.name
+        # The caller's autocast scope is the one the layer would open, or it cannot
+        # change the layer's variables: Keras' LayerNormalization does not autocast,
+        # which is moot when its variables are in its compute dtype (float32).
+        and (layer.autocast == caller.autocast or layer.compute_dtype == layer.variable_dtype)
         and ops.is_tensor(x)
-        and keras.backend.standardize_dtype(x.dtype) == dense.compute_dtype
+        and keras.backend.standardize_dtype(x.dtype) == layer.input_dtype
+        and getattr(x, "_keras_mask", None) is None
+        and all(v is None or isinstance(v, (bool, int, float, str)) for v in kwargs.values())
+        and keras.distribution.distribution() is None
     )

@@ -1,10 +1,11 @@
 import keras
 
 from keras_vtx.layers.activations import get_activation
-from keras_vtx.layers.flat_dense import apply_flat
+from keras_vtx.layers.flat_dense import allow_direct_calls, apply_flat
 
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
+@allow_direct_calls
 class MLP(keras.layers.Layer):
     """The transformer feed-forward block: dense, activation, dropout, dense, dropout.
 

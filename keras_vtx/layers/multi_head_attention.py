@@ -1,10 +1,11 @@
 import keras
 from keras import ops
 
-from keras_vtx.layers.flat_dense import apply_flat
+from keras_vtx.layers.flat_dense import allow_direct_calls, apply_flat
 
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
+@allow_direct_calls
 class MultiHeadAttention(keras.layers.Layer):
     """Multi-head scaled dot-product attention with separate query/key/value projections.
 

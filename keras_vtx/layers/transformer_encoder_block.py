@@ -1,6 +1,7 @@
 import keras
 
 from keras_vtx.layers.drop_path import DropPath
+from keras_vtx.layers.flat_dense import call_sublayer
 from keras_vtx.layers.mlp import MLP
 from keras_vtx.layers.multi_head_attention import MultiHeadAttention
 
@@ -156,9 +157,13 @@ class TransformerEncoderBlock(keras.layers.Layer):
 
     def _forward(self, inputs, attention_mask, is_causal, position_encoding,
                  return_attention_scores, training, cache, cache_update_index):
+        # The sublayers through call_sublayer: on PyTorch their `call` runs directly
+        # when Layer.__call__ would add only host time (flat_dense.call_sublayer).
         x = inputs
-        h = self.norm1(x) if self.norm_first else x
-        outputs = self.attention(
+        h = call_sublayer(self.norm1, self, x) if self.norm_first else x
+        outputs = call_sublayer(
+            self.attention,
+            self,
             h,
             attention_mask=attention_mask,
             is_causal=is_causal,
@@ -178,11 +183,11 @@ class TransformerEncoderBlock(keras.layers.Layer):
             attn = self.attention_output_dropout(attn, training=training)
         x = x + self._drop_path(attn, training)
         if not self.norm_first:
-            x = self.norm1(x)
-        h = self.norm2(x) if self.norm_first else x
-        x = x + self._drop_path(self.mlp(h, training=training), training)
+            x = call_sublayer(self.norm1, self, x)
+        h = call_sublayer(self.norm2, self, x) if self.norm_first else x
+        x = x + self._drop_path(call_sublayer(self.mlp, self, h, training=training), training)
         if not self.norm_first:
-            x = self.norm2(x)
+            x = call_sublayer(self.norm2, self, x)
         outputs = (x,)
         if return_attention_scores:
             outputs += (scores,)

@@ -2,8 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vtx.layers import TransformerEncoderBlock
-from keras_vtx.layers.flat_dense import apply_flat
+from keras_vtx.layers import TransformerEncoderBlock, flat_dense
+from keras_vtx.layers.flat_dense import apply_flat, call_sublayer
 from tests.test_case import assert_allclose, gradients, randomize_weights, to_numpy
 
 
@@ -176,18 +176,22 @@ def _count_layer_calls(monkeypatch):
 
 def test_layer_calls_per_transformer_block(monkeypatch):
     # Host time on PyTorch's eager steps is mostly Layer.__call__: a ViT block runs
-    # its norms, attention and MLP as layers, but not rate-0 dropouts, and on PyTorch
-    # not its six projections either (apply_flat's direct path).
+    # its norms, attention and MLP as layers elsewhere (traced once per step), but on
+    # PyTorch their `call` directly, and their six projections too (call_sublayer);
+    # rate-0 dropouts are not called at all.
     block = TransformerEncoderBlock(num_heads=2, mlp_dim=16)
     x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype("float32")
     block(x)
     calls = _count_layer_calls(monkeypatch)
     block(x, training=True)
-    projections = [] if keras.backend.backend() == "torch" else ["Dense"] * 4
-    assert calls[:3] == ["TransformerEncoderBlock", "LayerNormalization", "MultiHeadAttention"]
-    assert sorted(calls) == sorted(
-        ["TransformerEncoderBlock", "LayerNormalization", "LayerNormalization",
-         "MultiHeadAttention", "MLP"] + projections + (projections[:2]))
+    if keras.backend.backend() == "torch":
+        assert calls == ["TransformerEncoderBlock"]
+    else:
+        assert calls[:3] == ["TransformerEncoderBlock", "LayerNormalization",
+                             "MultiHeadAttention"]
+        assert sorted(calls) == sorted(
+            ["TransformerEncoderBlock", "LayerNormalization", "LayerNormalization",
+             "MultiHeadAttention", "MLP"] + ["Dense"] * 6)
 
     # With dropout the Dropout layers run again (2 in the MLP, 1 after attention).
     dropping = TransformerEncoderBlock(num_heads=2, mlp_dim=16, dropout=0.1)
@@ -195,3 +199,81 @@ def test_layer_calls_per_transformer_block(monkeypatch):
     calls.clear()
     dropping(x, training=True)
     assert calls.count("Dropout") == 3
+
+
+def _without_direct_calls(monkeypatch):
+    """Every sublayer through Layer.__call__ (the reference for the direct path)."""
+    monkeypatch.setattr(flat_dense, "_DIRECT_CALL_TYPES", set())
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("norm", ["layer_norm", "rms_norm"])
+def test_blocks_give_the_layer_calls_values_and_gradients(policy, norm, monkeypatch):
+    # The direct path (PyTorch) against every sublayer through Layer.__call__: the
+    # same values (causal attention) and gradients, bit for bit.
+    keras.config.set_dtype_policy(policy)
+    block = TransformerEncoderBlock(num_heads=2, mlp_dim=16, norm=norm)
+    keras.config.set_dtype_policy("float32")
+    x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype("float32")
+    block(x)
+    randomize_weights(block, seed=3)
+    direct = block(x, is_causal=True)
+    direct_grads = gradients(block, x)
+    with monkeypatch.context() as m:
+        _without_direct_calls(m)
+        plain = block(x, is_causal=True)
+        plain_grads = gradients(block, x)
+    assert keras.backend.standardize_dtype(direct.dtype) == block.compute_dtype
+    assert_allclose(keras.ops.cast(direct, "float32"), keras.ops.cast(plain, "float32"), atol=0)
+    for got, want in zip(direct_grads, plain_grads):
+        assert_allclose(got, want, atol=0)
+
+
+@pytest.mark.only_backend("torch")
+def test_torch_calls_sublayers_directly_only_when_the_layer_call_changes_nothing():
+    from keras_vtx.layers import MLP
+
+    x = keras.ops.convert_to_tensor(np.random.default_rng(0).normal(size=(2, 5, 8)), "float32")
+
+    def hooked(layer):
+        layer.build(x.shape)
+        return layer, _forward_hook_counter(layer)
+
+    caller = keras.layers.Identity()
+    norm, calls = hooked(keras.layers.LayerNormalization())
+    call_sublayer(norm, caller, x)
+    assert calls == []  # float32: Keras' non-autocasting norm is called directly
+    mlp, calls = hooked(MLP(16))
+    call_sublayer(mlp, caller, x, training=True)
+    assert calls == []
+
+    class MyMLP(MLP):  # a subclass may add to __call__: the layer call
+        pass
+
+    other, calls = hooked(MyMLP(16))
+    call_sublayer(other, caller, x)
+    assert calls == [1]
+    # A tensor keyword argument would be converted by the layer call: the layer call.
+    from keras_vtx.layers import MultiHeadAttention
+
+    attention, calls = hooked(MultiHeadAttention(num_heads=2))
+    call_sublayer(attention, caller, x, training=False)
+    assert calls == []
+    call_sublayer(attention, caller, x, attention_mask=keras.ops.ones((2, 5, 5), "bool"))
+    assert calls == [1]
+    # An input with a Keras mask or in another dtype: the layer call.
+    calls = _forward_hook_counter(mlp)
+    masked = keras.ops.convert_to_tensor(x)
+    masked._keras_mask = keras.ops.ones((2, 5), "bool")
+    call_sublayer(mlp, caller, masked)
+    call_sublayer(mlp, caller, keras.ops.cast(x, "float16"))
+    assert calls == [1, 1]
+    assert tuple(call_sublayer(mlp, caller, keras.Input((5, 8))).shape) == (None, 5, 8)
+    # Under mixed precision Keras' LayerNormalization (no autocast, float32 variables)
+    # must not see the caller's bfloat16 scope: the layer call.
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    mixed_caller = keras.layers.Identity()
+    mixed_norm, calls = hooked(keras.layers.LayerNormalization())
+    keras.config.set_dtype_policy("float32")
+    call_sublayer(mixed_norm, mixed_caller, keras.ops.cast(x, "bfloat16"))
+    assert calls == [1]

@@ -206,11 +206,13 @@ def _without_direct_calls(monkeypatch):
     monkeypatch.setattr(flat_dense, "_DIRECT_CALL_TYPES", set())
 
 
+# Only PyTorch has the direct path: elsewhere both runs would take the same layer calls.
+@pytest.mark.only_backend("torch")
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 @pytest.mark.parametrize("norm", ["layer_norm", "rms_norm"])
 def test_blocks_give_the_layer_calls_values_and_gradients(policy, norm, monkeypatch):
-    # The direct path (PyTorch) against every sublayer through Layer.__call__: the
-    # same values (causal attention) and gradients, bit for bit.
+    # The direct path against every sublayer through Layer.__call__: the same values
+    # (causal attention) and gradients, bit for bit.
     keras.config.set_dtype_policy(policy)
     block = TransformerEncoderBlock(num_heads=2, mlp_dim=16, norm=norm)
     keras.config.set_dtype_policy("float32")

@@ -10,6 +10,10 @@ _TORCH = keras.backend.backend() == "torch"
 # subclass could add to `__call__`), Keras' own and keras_vtx's `allow_direct_calls`.
 _DIRECT_CALL_TYPES = {keras.layers.Dense, keras.layers.LayerNormalization,
                       keras.layers.RMSNormalization}
+# Classes whose variables are all created with `autocast=False`, so that no autocast
+# scope changes what their `call` computes: Keras' LayerNormalization (its gamma and beta
+# stay in their own dtype; it computes in float32 and casts its output).
+_SCOPE_FREE_TYPES = {keras.layers.LayerNormalization}
 
 
 def allow_direct_calls(cls):
@@ -32,14 +36,17 @@ def call_sublayer(layer, caller, inputs, **kwargs):
     `layer` is a built instance of a listed class (`allow_direct_calls`),
     unquantized, without an activity regularizer, with `caller`'s dtype policy
     and autocast setting (so `caller`'s autocast scope is the one it would see;
-    a layer that does not autocast, as Keras' `LayerNormalization`, qualifies
-    only when its variables are in its compute dtype, where no scope changes them),
+    a layer that does not autocast qualifies when its variables are in its
+    compute dtype or, as Keras' `LayerNormalization`, all created with
+    `autocast=False`, where no scope changes them),
     `inputs` is a concrete tensor in its input dtype without a Keras mask, the
     keyword arguments hold no tensors (a tensor would be converted to the
     compute dtype by the layer call) and no distribution is set. Anything else,
     and every call on JAX and TensorFlow (traced once per step function, where
     the layer call costs nothing per step), goes through `layer(inputs, **kwargs)`.
-    PyTorch module hooks on `layer` do not fire on the direct path.
+    PyTorch module hooks on `layer` do not fire on the direct path. Keras'
+    `Dense` and `LayerNormalization` then run as one PyTorch kernel each
+    (`_torch_dense`, `_torch_layer_norm`), their other classes' `call`.
 
     Args:
         layer: the sublayer.
@@ -59,7 +66,9 @@ def call_sublayer(layer, caller, inputs, **kwargs):
     (2, 3, 4)
     """
     if _TORCH and _direct_call_ok(layer, inputs, caller, kwargs):
-        return layer.call(inputs, **kwargs)
+        kernel = _TORCH_KERNELS.get(type(layer))
+        outputs = None if kernel is None else kernel(layer, inputs)
+        return layer.call(inputs, **kwargs) if outputs is None else outputs
     return layer(inputs, **kwargs)
 
 
@@ -117,10 +126,58 @@ def _direct_call_ok(layer, x, caller, kwargs):
         # The caller's autocast scope is the one the layer would open, or it cannot
         # change the layer's variables: Keras' LayerNormalization does not autocast,
         # which is moot when its variables are in its compute dtype (float32).
-        and (layer.autocast == caller.autocast or layer.compute_dtype == layer.variable_dtype)
+        and (layer.autocast == caller.autocast or layer.compute_dtype == layer.variable_dtype
+             or type(layer) in _SCOPE_FREE_TYPES)
         and ops.is_tensor(x)
         and keras.backend.standardize_dtype(x.dtype) == layer.input_dtype
         and getattr(x, "_keras_mask", None) is None
         and all(v is None or isinstance(v, (bool, int, float, str)) for v in kwargs.values())
         and keras.distribution.distribution() is None
     )
+
+
+# PyTorch kernels for the commonest sublayers, called by `call_sublayer` once it has found
+# that the layer call would change nothing. Backend-specific on purpose: through
+# `keras.ops`, Dense.call is a matmul and an add at 20-50 microseconds of Python each
+# (conversions, dtype resolution, symbolic checks), LayerNormalization.call about 80, the
+# largest part of an eager PyTorch block's host time; PyTorch's own ops take 5-10. And
+# `linear` adds the bias inside the matmul (a GEMM epilogue on a GPU) instead of a second
+# pass over the output. Each returns None where it does not apply: `layer.call` runs.
+
+
+def _torch_dense(layer, x):
+    """`Dense.call` as one `torch.nn.functional.linear`."""
+    import torch
+
+    if layer.lora_enabled:
+        return None
+    # The kernel as Dense.call's matmul sees it: converted by the caller's autocast scope
+    # (the layer's own: `_direct_call_ok`).
+    kernel = layer.kernel.value
+    bias = None if layer.bias is None else layer.bias.value
+    if kernel.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        return None  # Keras' matmul would promote; leave it to Dense.call
+    y = torch.nn.functional.linear(x, kernel.T, bias)
+    return y if layer.activation is keras.activations.linear else layer.activation(y)
+
+
+def _torch_layer_norm(layer, x):
+    """`LayerNormalization.call` over the last axis as one `torch.nn.functional.layer_norm`.
+
+    As `keras.ops.layer_normalization` computes it: in float32 (or wider), with gamma
+    and beta in that dtype, and the output back in the input's dtype.
+    """
+    import torch
+
+    axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    if layer.rms_scaling or list(axis) not in ([-1], [x.ndim - 1]):
+        return None
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return None
+    params = [None if p is None else p.value.to(torch.float32) for p in (layer.gamma, layer.beta)]
+    y = torch.nn.functional.layer_norm(x.to(torch.float32), x.shape[-1:], *params, layer.epsilon)
+    return y.to(x.dtype)
+
+
+_TORCH_KERNELS = {keras.layers.Dense: _torch_dense,
+                  keras.layers.LayerNormalization: _torch_layer_norm}

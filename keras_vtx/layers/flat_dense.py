@@ -45,8 +45,9 @@ def call_sublayer(layer, caller, inputs, **kwargs):
     and every call on JAX and TensorFlow (traced once per step function, where
     the layer call costs nothing per step), goes through `layer(inputs, **kwargs)`.
     PyTorch module hooks on `layer` do not fire on the direct path. Keras'
-    `Dense` and `LayerNormalization` then run as one PyTorch kernel each
-    (`_torch_dense`, `_torch_layer_norm`), their other classes' `call`.
+    `Dense` and `LayerNormalization` then run as one PyTorch op each
+    (`_torch_dense`, `_torch_layer_norm`), classes with a `torch_kernel` through
+    it where it applies, the others' `call`.
 
     Args:
         layer: the sublayer.
@@ -67,7 +68,7 @@ def call_sublayer(layer, caller, inputs, **kwargs):
     """
     if _TORCH and _direct_call_ok(layer, inputs, caller, kwargs):
         kernel = _TORCH_KERNELS.get(type(layer))
-        outputs = None if kernel is None else kernel(layer, inputs)
+        outputs = None if kernel is None else kernel(layer, inputs, **kwargs)
         return layer.call(inputs, **kwargs) if outputs is None else outputs
     return layer(inputs, **kwargs)
 
@@ -145,7 +146,27 @@ def _direct_call_ok(layer, x, caller, kwargs):
 # pass over the output. Each returns None where it does not apply: `layer.call` runs.
 
 
-def _torch_dense(layer, x):
+def torch_kernel(cls):
+    """Decorator: registers `fn(layer, inputs, **kwargs)` as `cls`'s PyTorch kernel.
+
+    `call_sublayer` runs it instead of `cls.call` once the layer call is known to
+    change nothing (`cls` must be allowed direct calls); returning None falls back
+    to `call`. For PyTorch-only code (import torch inside `fn`).
+
+    Args:
+        cls: the layer class (exact: subclasses are not included).
+
+    Returns:
+        A decorator that registers `fn` and returns it unchanged.
+    """
+    def register(fn):
+        _TORCH_KERNELS[cls] = fn
+        return fn
+
+    return register
+
+
+def _torch_dense(layer, x, **_):
     """`Dense.call` as one `torch.nn.functional.linear`."""
     import torch
 
@@ -161,7 +182,7 @@ def _torch_dense(layer, x):
     return y if layer.activation is keras.activations.linear else layer.activation(y)
 
 
-def _torch_layer_norm(layer, x):
+def _torch_layer_norm(layer, x, **_):
     """`LayerNormalization.call` over the last axis as one `torch.nn.functional.layer_norm`.
 
     As `keras.ops.layer_normalization` computes it: in float32 (or wider), with gamma

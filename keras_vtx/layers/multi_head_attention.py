@@ -1,7 +1,7 @@
 import keras
 from keras import ops
 
-from keras_vtx.layers.flat_dense import allow_direct_calls, apply_flat
+from keras_vtx.layers.flat_dense import allow_direct_calls, apply_flat, call_sublayer, torch_kernel
 
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
@@ -11,10 +11,14 @@ class MultiHeadAttention(keras.layers.Layer):
 
     The attention itself runs through `keras.ops.dot_product_attention`, so the
     backend's fused kernels (cuDNN / flash attention) are used where it has them;
-    Keras' global switch applies as to Keras' own attention layers:
-    `keras.config.disable_flash_attention()` keeps every call on the plain
-    kernel, `keras.config.enable_flash_attention()` demands the fused one (an
-    error where the backend cannot run it), and by default the backend decides.
+    Keras' global switch applies as to Keras' own attention layers: by default
+    (and after `keras.config.enable_flash_attention()`, which restores that
+    default) the backend takes a fused kernel where the inputs allow one;
+    `keras.config.disable_flash_attention()` keeps JAX on XLA's plain attention
+    and leaves PyTorch's `scaled_dot_product_attention` to choose its kernel.
+    On PyTorch, plain self-attention (no mask, positions, cache, returned scores
+    or active dropout) called from a keras_vtx block runs as PyTorch ops on
+    views of the heads (`_torch_self_attention`), saving host time.
     When attention probabilities are needed (attention dropout while training,
     or `return_attention_scores=True` for analysis) an explicit path computes
     the softmax in float32.
@@ -269,3 +273,35 @@ class MultiHeadAttention(keras.layers.Layer):
             "use_bias": self.use_bias,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
         }
+
+
+@torch_kernel(MultiHeadAttention)
+def _torch_self_attention(layer, x, training=None, is_causal=False, **kwargs):
+    """`MultiHeadAttention.call` for plain self-attention, in PyTorch ops (PyTorch only).
+
+    Self-attention without masks, positions, caches, returned scores or active
+    dropout: the projections through `call_sublayer`, the heads as views and
+    PyTorch's `scaled_dot_product_attention` on them with its own choice of
+    kernel (Keras' PyTorch backend makes the same call, asking for the flash
+    kernel where it applies, which PyTorch prefers anyway). Through `keras.ops` the head
+    reshapes and `dot_product_attention` cost about 0.2 ms of Python per call
+    (each op converts and checks its inputs, and the attention copies its
+    transposed inputs to contiguous ones), a tenth of a small eager step.
+    Anything else returns None: the layer's `call`.
+    """
+    import torch
+
+    if (x.ndim != 3 or any(v not in (None, False) for v in kwargs.values())
+            or (training and layer.dropout > 0)):
+        return None
+    batch, length = x.shape[0], x.shape[1]
+
+    def heads(dense):
+        y = call_sublayer(dense, layer, x)
+        return y.view(batch, length, layer.num_heads, layer.head_dim).transpose(1, 2)
+
+    out = torch.nn.functional.scaled_dot_product_attention(
+        heads(layer.query_dense), heads(layer.key_dense), heads(layer.value_dense),
+        is_causal=bool(is_causal))
+    out = out.transpose(1, 2).reshape(batch, length, layer.num_heads * layer.head_dim)
+    return call_sublayer(layer.output_dense, layer, out)

@@ -388,3 +388,64 @@ def test_torch_kernels_compute_what_the_layers_do(policy):
     check_dense(lambda: keras.layers.Dense(6, use_bias=False))
     check_dense(lambda: keras.layers.Dense(6, activation="gelu"))
     check_dense(lambda: keras.layers.Dense(6), lora=True)
+
+
+@pytest.mark.only_backend("torch")
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_torch_self_attention_kernel(policy, monkeypatch):
+    # keras_vtx's MultiHeadAttention, for plain self-attention, runs its heads as views
+    # and PyTorch's scaled_dot_product_attention (multi_head_attention._torch_self_attention):
+    # the same values and gradients as its `call`; anything else falls back to `call`.
+    from keras_vtx.layers import MultiHeadAttention
+
+    shape = (2, 5, 8)
+    x = np.random.default_rng(0).normal(size=shape).astype("float32")
+    kernel = flat_dense._TORCH_KERNELS[MultiHeadAttention]
+    answers = []
+
+    def spy(layer, inputs, **kwargs):
+        out = kernel(layer, inputs, **kwargs)
+        answers.append(out is not None)
+        return out
+
+    monkeypatch.setitem(flat_dense._TORCH_KERNELS, MultiHeadAttention, spy)
+
+    class Caller(keras.layers.Layer):
+        def __init__(self, dropout=0.0, **kwargs):
+            super().__init__(**kwargs)
+            self.attention = MultiHeadAttention(num_heads=2, dropout=dropout)
+
+        def build(self, input_shape):
+            self.attention.build(input_shape)
+
+        def call(self, inputs, training=None, **kwargs):
+            return call_sublayer(self.attention, self, inputs, training=training, **kwargs)
+
+    keras.config.set_dtype_policy(policy)
+    caller, dropping = Caller(), Caller(dropout=0.5)
+    keras.config.set_dtype_policy("float32")
+    caller(x)
+    randomize_weights(caller, seed=5)
+    tol = 1e-6 if policy == "float32" else 1e-2
+    for is_causal in (False, True):
+        answers.clear()
+        got = caller(x, is_causal=is_causal)
+        got_grads = gradients(caller, x, is_causal=is_causal)
+        assert answers and all(answers)
+        with monkeypatch.context() as m:
+            m.delitem(flat_dense._TORCH_KERNELS, MultiHeadAttention)
+            want = caller(x, is_causal=is_causal)
+            want_grads = gradients(caller, x, is_causal=is_causal)
+        assert keras.backend.standardize_dtype(got.dtype) == caller.compute_dtype
+        assert_allclose(keras.ops.cast(got, "float32"), keras.ops.cast(want, "float32"),
+                        atol=tol, rtol=tol)
+        for g, w in zip(got_grads, want_grads):
+            assert_allclose(g, w, atol=tol, rtol=tol)
+
+    # The layer's `call`: returned scores, active dropout; a rank-4 input.
+    answers.clear()
+    caller(x, return_attention_scores=True)
+    dropping(x)
+    dropping(x, training=True)
+    assert answers == [False, True, False]
+    assert kernel(caller.attention, keras.ops.ones((2, 1, 5, 8))) is None

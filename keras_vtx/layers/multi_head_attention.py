@@ -283,22 +283,22 @@ def _torch_self_attention(layer, x, training=None, is_causal=False, **kwargs):
     dropout: the projections through `call_sublayer`, the heads as views and
     PyTorch's `scaled_dot_product_attention` on them with its own choice of
     kernel (Keras' PyTorch backend makes the same call, asking for the flash
-    kernel where it applies, which PyTorch prefers anyway). Through `keras.ops` the head
-    reshapes and `dot_product_attention` cost about 0.2 ms of Python per call
+    kernel where it applies, which PyTorch prefers anyway). Through `keras.ops`
+    the head reshapes and `dot_product_attention` cost about 0.2 ms of Python per call
     (each op converts and checks its inputs, and the attention copies its
     transposed inputs to contiguous ones), a tenth of a small eager step.
     Anything else returns None: the layer's `call`.
     """
     import torch
 
-    if (x.ndim != 3 or any(v not in (None, False) for v in kwargs.values())
+    if (x.ndim != 3 or any(v is not None and v is not False for v in kwargs.values())
             or (training and layer.dropout > 0)):
         return None
     batch, length = x.shape[0], x.shape[1]
 
     def heads(dense):
         y = call_sublayer(dense, layer, x)
-        return y.view(batch, length, layer.num_heads, layer.head_dim).transpose(1, 2)
+        return y.reshape(batch, length, layer.num_heads, layer.head_dim).transpose(1, 2)
 
     out = torch.nn.functional.scaled_dot_product_attention(
         heads(layer.query_dense), heads(layer.key_dense), heads(layer.value_dense),

@@ -1,5 +1,6 @@
-"""Sublayer calls without `Layer.__call__`'s overhead on PyTorch, and Dense layers applied
-to token tensors as one 2-D matmul."""
+"""Sublayer calls without `Layer.__call__`'s overhead on PyTorch (with PyTorch kernels for
+Dense, LayerNormalization and registered layers), and Dense layers applied to token tensors
+as one 2-D matmul."""
 
 import keras
 from keras import ops
@@ -125,8 +126,8 @@ def _direct_call_ok(layer, x, caller, kwargs):
         and layer.activity_regularizer is None
         and layer.dtype_policy.name == caller.dtype_policy.name
         # The caller's autocast scope is the one the layer would open, or it cannot
-        # change the layer's variables: Keras' LayerNormalization does not autocast,
-        # which is moot when its variables are in its compute dtype (float32).
+        # change the layer's variables: they are in the compute dtype already, or
+        # none of them autocasts (_SCOPE_FREE_TYPES: Keras' LayerNormalization).
         and (layer.autocast == caller.autocast or layer.compute_dtype == layer.variable_dtype
              or type(layer) in _SCOPE_FREE_TYPES)
         and ops.is_tensor(x)

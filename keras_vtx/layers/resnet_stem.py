@@ -1,6 +1,8 @@
 import keras
 from keras import ops
 
+from keras_vtx.ops.subsample import subsample
+
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
 class StandardizedConv2D(keras.layers.Conv2D):
@@ -84,6 +86,7 @@ class ResNetStem(keras.layers.Layer):
         self.stem_norm = self._norm("stem_norm")
         self.pool = keras.layers.MaxPooling2D(3, 2, padding="same", dtype=self.dtype_policy)
         self.blocks = []
+        self._shortcut_strides = []
         shape = tuple(input_shape)
         shape = self._build_layer(self.stem_conv, shape)
         shape = self._build_layer(self.stem_norm, shape)
@@ -103,10 +106,15 @@ class ResNetStem(keras.layers.Layer):
                     "norm3": self._norm(p + "norm3"),
                 }
                 if b == 0:
-                    block["shortcut_conv"] = self._conv(out, 1, stride, p + "shortcut_conv")
+                    # A stride-1 1x1 convolution of every stride-th position: the same as the
+                    # strided one, without TensorFlow 2.21's oneDNN crash (ops/subsample.py).
+                    block["shortcut_conv"] = self._conv(out, 1, 1, p + "shortcut_conv")
                     block["shortcut_norm"] = self._norm(p + "shortcut_norm")
-                    sc = self._build_layer(block["shortcut_conv"], shape)
+                    sc = self._build_layer(
+                        block["shortcut_conv"], _subsampled_shape(shape, stride)
+                    )
                     self._build_layer(block["shortcut_norm"], sc)
+                    self._shortcut_strides.append(stride)
                 for key in ("conv1", "norm1", "conv2", "norm2", "conv3", "norm3"):
                     shape = self._build_layer(block[key], shape)
                 self.blocks.append(block)
@@ -119,10 +127,12 @@ class ResNetStem(keras.layers.Layer):
     def call(self, inputs):
         x = ops.relu(self.stem_norm(self.stem_conv(inputs)))
         x = self.pool(x)
+        strides = iter(self._shortcut_strides)
         for block in self.blocks:
             shortcut = x
             if "shortcut_conv" in block:
-                shortcut = block["shortcut_norm"](block["shortcut_conv"](x))
+                shortcut = subsample(x, next(strides))
+                shortcut = block["shortcut_norm"](block["shortcut_conv"](shortcut))
             y = ops.relu(block["norm1"](block["conv1"](x)))
             y = ops.relu(block["norm2"](block["conv2"](y)))
             y = block["norm3"](block["conv3"](y))
@@ -147,3 +157,10 @@ class ResNetStem(keras.layers.Layer):
             "width": self.width,
             "groups": self.groups,
         }
+
+
+def _subsampled_shape(shape, stride):
+    h, w = shape[1], shape[2]
+    h = None if h is None else -(-h // stride)
+    w = None if w is None else -(-w // stride)
+    return (shape[0], h, w, *shape[3:])

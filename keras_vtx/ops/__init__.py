@@ -14,6 +14,7 @@ from keras_vtx.ops.linear_sum_assignment import (
     linear_sum_assignment,
     scipy_linear_sum_assignment,
 )
+from keras_vtx.ops.subsample import subsample
 
 __all__ = [
     "box_area",
@@ -26,4 +27,5 @@ __all__ = [
     "pairwise_generalized_box_iou",
     "resize_bicubic",
     "scipy_linear_sum_assignment",
+    "subsample",
 ]

@@ -73,6 +73,40 @@ def test_stem_uses_standardized_convs_and_group_norm():
     assert tuple(stem.stem_conv.kernel.shape) == (7, 7, 3, 8)
 
 
+def _strided_stem(stem, images):
+    """The stem as BiT writes it: strided 1x1 "same" projection shortcuts (forward only)."""
+    ops = keras.ops
+    x = ops.relu(stem.stem_norm(stem.stem_conv(images)))
+    x = stem.pool(x)
+    for block in stem.blocks:
+        shortcut = x
+        if "shortcut_conv" in block:
+            conv = block["shortcut_conv"]
+            stride = 2 if block is not stem.blocks[0] else 1
+            strided = StandardizedConv2D(conv.filters, 1, strides=stride, padding="same",
+                                         use_bias=False, epsilon=conv.epsilon)
+            strided.build(x.shape)
+            strided.kernel.assign(conv.kernel)
+            shortcut = block["shortcut_norm"](strided(x))
+        y = ops.relu(block["norm1"](block["conv1"](x)))
+        y = ops.relu(block["norm2"](block["conv2"](y)))
+        x = ops.relu(block["norm3"](block["conv3"](y)) + shortcut)
+    return x
+
+
+def test_projection_shortcuts_equal_strided_convolutions():
+    # The stem subsamples before a stride-1 1x1 projection (TensorFlow's oneDNN crash on
+    # strided 1x1 convolutions, keras_vtx/ops/subsample.py): the same function and weights as
+    # the strided projection of BiT, on odd and even sizes.
+    stem = ResNetStem(depths=(1, 1, 1), width=8, groups=4)
+    stem.build((None, None, None, 3))
+    randomize_weights(stem, scale=0.5)
+    assert all(b["shortcut_conv"].strides == (1, 1) for b in stem.blocks if "shortcut_conv" in b)
+    for size in [(37, 21), (32, 48)]:
+        images = random_images(1, size)
+        assert_allclose(stem(images), _strided_stem(stem, images), atol=1e-5)
+
+
 def test_errors():
     with pytest.raises(ValueError, match="depths"):
         ResNetStem(depths=(1, 0))

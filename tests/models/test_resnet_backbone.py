@@ -61,9 +61,16 @@ def test_layout():
     assert len(convs) == len(norms) == 1 + 5 * 3 + 3
     assert not any(conv.use_bias for conv in convs.values())
     strides = {name for name, conv in convs.items() if conv.strides != (1, 1)}
-    # v1.5: stride 2 on the 3x3 of the first block of stages 2-4, not on its 1x1.
-    assert strides == {"stem_conv"} | {
-        f"stage{s}_block0_{c}" for s in (2, 3, 4) for c in ("conv2", "shortcut_conv")}
+    # v1.5: stride 2 on the 3x3 of the first block of stages 2-4, not on its 1x1. The
+    # projection shortcut has stride 2 too, as a stride-1 1x1 convolution of every other
+    # position (no strided 1x1 convolution: TensorFlow's oneDNN crash, ops/subsample.py).
+    assert strides == {"stem_conv"} | {f"stage{s}_block0_conv2" for s in (2, 3, 4)}
+    sized = _convs(_tiny(image_shape=(64, 96, 3)))
+    for s in (2, 3, 4):
+        shortcut, conv2 = sized[f"stage{s}_block0_shortcut_conv"], sized[f"stage{s}_block0_conv2"]
+        assert shortcut.kernel_size == (1, 1)
+        assert shortcut.output.shape == conv2.output.shape[:3] + (shortcut.filters,)
+        assert shortcut.input.shape[1:3] == conv2.output.shape[1:3]
     assert all(conv.dilation_rate == (1, 1) for conv in convs.values())
     # Identity shortcuts where neither stride nor channels change.
     assert "stage1_block0_shortcut_conv" not in convs

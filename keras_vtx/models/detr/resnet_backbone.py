@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_vtx.layers.frozen_batch_normalization import FrozenBatchNormalization
 from keras_vtx.models.backbone import Backbone
+from keras_vtx.ops.subsample import subsample
 
 # Bottleneck blocks per stage of the torchvision ResNets (He et al. 2016, table 1).
 BLOCKS_PER_DEPTH = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -173,7 +174,11 @@ class ResNetBackbone(Backbone):
                 rate = previous_rate if b == 0 else dilation_rate
                 shortcut = x
                 if b == 0 and (block_stride != 1 or channels != out_channels):
-                    shortcut = conv(out_channels, 1, block_stride, name=p + "shortcut_conv")(x)
+                    # The 1x1 stride-s projection as a stride-1 1x1 convolution of every s-th
+                    # position: exactly the same, and it avoids TensorFlow 2.21's oneDNN crash
+                    # on strided 1x1 convolutions (keras_vtx/ops/subsample.py).
+                    shortcut = subsample(x, block_stride)
+                    shortcut = conv(out_channels, 1, name=p + "shortcut_conv")(shortcut)
                     shortcut = norm(p + "shortcut_norm")(shortcut)
                 y = ops.relu(norm(p + "norm1")(conv(filters, 1, name=p + "conv1")(x)))
                 if block_stride != 1:

@@ -400,3 +400,17 @@ def test_host_size_keeps_the_published_depths_heads_and_lengths():
             assert config["backbone"]["blocks_per_stage"] == [3, 4, 6, 3]
     with pytest.raises(ValueError, match="`size` must be one of"):
         cases_lib.all_cases("huge")
+
+
+@pytest.mark.only_backend("torch")  # the script runs its own worker process per backend
+def test_strided_shortcut_benchmark_quick_run(tmp_path, capsys):
+    benchmark = _load("strided_shortcut_benchmark")
+    out = tmp_path / "shortcut.json"
+    records = benchmark.main(["--quick", "--backends", "torch", "--json", str(out)])
+    assert len(records) == len(benchmark.SHORTCUTS), records
+    assert json.loads(out.read_text()) == records
+    for record in records:
+        assert "error" not in record, record
+        assert record["max_abs_difference"] < 1e-4, record  # the two forms are the same function
+        assert record["strided_s"] > 0 and record["subsampled_s"] > 0
+    assert "strided/subsampled" in capsys.readouterr().out

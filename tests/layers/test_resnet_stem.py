@@ -97,14 +97,14 @@ def _strided_stem(stem, images):
 def test_projection_shortcuts_equal_strided_convolutions():
     # The stem subsamples before a stride-1 1x1 projection (TensorFlow's oneDNN crash on
     # strided 1x1 convolutions, keras_vtx/ops/subsample.py): the same function and weights as
-    # the strided projection of BiT, on odd and even sizes.
-    stem = ResNetStem(depths=(1, 1, 1), width=8, groups=4)
+    # the strided projection of BiT.
+    # Odd sizes: "same" padding of a strided 1x1 convolution would pad there if any stride did.
+    stem = ResNetStem(depths=(1, 1), width=8, groups=4)
     stem.build((None, None, None, 3))
     randomize_weights(stem, scale=0.5)
     assert all(b["shortcut_conv"].strides == (1, 1) for b in stem.blocks if "shortcut_conv" in b)
-    for size in [(37, 21), (32, 48)]:
-        images = random_images(1, size)
-        assert_allclose(stem(images), _strided_stem(stem, images), atol=1e-5)
+    images = random_images(1, (37, 21))
+    assert_allclose(stem(images), _strided_stem(stem, images), atol=1e-5)
 
 
 def test_errors():

@@ -283,6 +283,19 @@ def test_tensorflow_two_replicas_match_one():
     _check_equivalence(report)
 
 
+# The same subprocess reports (run once, from the PyTorch session): DETR's query
+# denoising (random noise, label embeddings, its loss and log) trains on two replicas.
+@pytest.mark.only_backend("torch")
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
+def test_detr_with_denoising_trains_on_two_replicas(backend):
+    report = _replica_report(backend)["detr_denoising"]
+    assert all(np.isfinite(report["loss"])) and all(np.isfinite(report["denoising_loss"]))
+    assert min(report["denoising_loss"]) > 0
+    # TensorFlow: Keras' XLA step cannot reach a MirroredStrategy's other replicas.
+    assert report["jit_compile"] == (backend == "jax")
+
+
 # The same JAX subprocess report as test_jax_two_replicas_match_one (run once, from the
 # PyTorch session).
 @pytest.mark.only_backend("torch")

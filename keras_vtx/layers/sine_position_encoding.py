@@ -69,20 +69,10 @@ class SinePositionEncoding2D(keras.layers.Layer):
         if self.normalize:
             y = y / (y[:, -1:, :] + self.epsilon) * self.scale
             x = x / (x[:, :, -1:] + self.epsilon) * self.scale
-        # Feature pairs (2i, 2i + 1) share the wavelength temperature^(2i / d).
-        index = ops.arange(self.num_pos_feats, dtype="float32")
-        dim_t = ops.power(
-            ops.cast(self.temperature, "float32"),
-            2.0 * ops.floor(index / 2.0) / self.num_pos_feats,
-        )
-        return ops.concatenate([self._encode(y, dim_t), self._encode(x, dim_t)], axis=-1)
-
-    def _encode(self, position, dim_t):
-        angles = position[..., None] / dim_t
-        # Interleave: sin of the even features, cos of the odd ones.
-        encoded = ops.stack([ops.sin(angles[..., 0::2]), ops.cos(angles[..., 1::2])], axis=-1)
-        shape = ops.shape(position)
-        return ops.reshape(encoded, (shape[0], shape[1], shape[2], self.num_pos_feats))
+        return ops.concatenate([
+            sine_encoding(y, self.num_pos_feats, self.temperature),
+            sine_encoding(x, self.num_pos_feats, self.temperature),
+        ], axis=-1)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (2 * self.num_pos_feats,)
@@ -99,3 +89,58 @@ class SinePositionEncoding2D(keras.layers.Layer):
             "scale": self.scale,
             "epsilon": self.epsilon,
         }
+
+
+def sine_encoding(position, num_pos_feats, temperature=10000.0):
+    """Encodes each value of `position` as `num_pos_feats` interleaved sines and cosines.
+
+    Feature pairs `(2i, 2i + 1)` are `sin(p / t^(2i/d)), cos(p / t^(2i/d))` with
+    `t = temperature` and `d = num_pos_feats`: DETR's per-coordinate encoding.
+
+    Args:
+        position: float tensor of any shape.
+        num_pos_feats: even int.
+        temperature: float.
+
+    Returns:
+        A float32 tensor `position.shape + (num_pos_feats,)`.
+
+    Example:
+    >>> keras.ops.convert_to_numpy(sine_encoding(keras.ops.zeros((2,)), 4)).tolist()
+    [[0.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 1.0]]
+    """
+    position = ops.cast(position, "float32")
+    # Feature pairs (2i, 2i + 1) share the wavelength temperature^(2i / d).
+    index = ops.arange(num_pos_feats, dtype="float32")
+    dim_t = ops.power(ops.cast(temperature, "float32"), 2.0 * ops.floor(index / 2.0) / num_pos_feats)
+    angles = position[..., None] / dim_t
+    # Interleave: sin of the even features, cos of the odd ones.
+    encoded = ops.stack([ops.sin(angles[..., 0::2]), ops.cos(angles[..., 1::2])], axis=-1)
+    return ops.reshape(encoded, tuple(ops.shape(position)) + (num_pos_feats,))
+
+
+def sine_box_encoding(boxes, num_pos_feats, temperature=10000.0, scale=2 * math.pi):
+    """Encodes normalised `(cx, cy, w, h)` boxes as DAB-DETR's anchor position features.
+
+    Each coordinate, times `scale`, gets `sine_encoding`; the features are
+    ordered `y, x, w, h`, so the first half is in the format of
+    `SinePositionEncoding2D` at the box's centre (DAB-DETR,
+    `gen_sineembed_for_position`).
+
+    Args:
+        boxes: `(..., 4)` normalised `cx, cy, w, h`.
+        num_pos_feats: even int, features per coordinate.
+        temperature: float.
+        scale: float, the range that `[0, 1]` is mapped to (2 pi, as the
+            normalised 2-D encoding).
+
+    Returns:
+        A float32 tensor `(..., 4 * num_pos_feats)`.
+
+    Example:
+    >>> tuple(sine_box_encoding(keras.ops.ones((2, 5, 4)) / 2, 8).shape)
+    (2, 5, 32)
+    """
+    boxes = ops.cast(boxes, "float32") * scale
+    parts = [sine_encoding(boxes[..., i], num_pos_feats, temperature) for i in (1, 0, 2, 3)]
+    return ops.concatenate(parts, axis=-1)

@@ -240,6 +240,77 @@ class HungarianLoss(keras.losses.Loss):
             losses["loss_giou" + suffix] = loss_giou[layer]
         return losses
 
+    def denoising_losses(self, y_true, outputs, groups, total=False):
+        """DN-DETR's reconstruction loss of denoising queries: the set loss's terms, no matching.
+
+        Query `g * max_boxes + i` of every image reconstructs its target `i`
+        (see `DETR.denoising_queries`): `loss_dn_ce` is the mean cross-entropy
+        of the queries of real targets (the true label, whatever the noise),
+        `loss_dn_bbox` and `loss_dn_giou` the L1 distance and `1 - GIoU` of
+        their boxes summed and divided by `num_boxes * groups`, `num_boxes`
+        counted as for the set loss (over every replica, at least 1). Padding
+        slots count for nothing; a batch without targets gives 0.
+
+        Args:
+            y_true: the targets dict, as for calling the loss.
+            outputs: a list of dicts with `"logits"` `(batch, groups *
+                max_boxes, num_classes + 1)` and `"boxes"` `(batch, groups *
+                max_boxes, 4)`, one per decoder layer, the last layer last.
+            groups: int, the number of denoising groups.
+            total: bool, return the weighted total instead of the components.
+
+        Returns:
+            The float32 total (`class_weight * ce + bbox_weight * bbox +
+            giou_weight * giou` over every layer), or a dict of the components:
+            `loss_dn_ce`, `loss_dn_bbox`, `loss_dn_giou` for the last layer,
+            `loss_dn_ce_0`, ... for the earlier ones.
+        """
+        boxes, labels = self._targets(y_true)
+        if not isinstance(outputs, (list, tuple)) or not outputs:
+            raise ValueError("`outputs` must be a non-empty list of dicts with \"logits\" and "
+                             f"\"boxes\"; received {type(outputs).__name__}.")
+        valid = labels >= 0
+        count, replicas, share = _sum_over_replicas(ops.sum(ops.cast(valid, "float32")))
+        num_boxes = ops.maximum(count / replicas, 1.0) * groups
+        valid = ops.tile(valid, (1, groups))
+        labels = ops.tile(ops.where(labels >= 0, labels, ops.zeros_like(labels)), (1, groups))
+        boxes = ops.tile(boxes, (1, groups, 1))
+        boxes = ops.where(valid[..., None], boxes, ops.zeros_like(boxes))
+        count_here = ops.maximum(ops.sum(ops.cast(valid, "float32")), 1.0)
+        slots = tuple(labels.shape)
+        losses = {}
+        for index, output in enumerate(outputs):
+            logits = ops.cast(ops.convert_to_tensor(output["logits"]), "float32")
+            pred = ops.cast(ops.convert_to_tensor(output["boxes"]), "float32")
+            if not _same(tuple(logits.shape[:2]), slots) or not _same(tuple(pred.shape[:2]),
+                                                                       slots):
+                raise ValueError(
+                    f"Denoising outputs must have (batch, groups * max_boxes) = {slots} "
+                    f"queries; received logits {tuple(logits.shape)} and boxes "
+                    f"{tuple(pred.shape)}."
+                )
+            log_probs = ops.log_softmax(logits, axis=-1)
+            ce = -ops.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+            l1 = ops.sum(ops.abs(pred - boxes), axis=-1)
+            giou = 1.0 - box_ops.generalized_box_iou(
+                box_ops.box_cxcywh_to_xyxy(pred), box_ops.box_cxcywh_to_xyxy(boxes)
+            )
+            suffix = "" if index == len(outputs) - 1 else f"_{index}"
+            # `where`, not products: a padding slot's output is not a prediction of anything.
+            losses["loss_dn_ce" + suffix] = ops.sum(
+                ops.where(valid, ce, ops.zeros_like(ce))) / count_here * share
+            losses["loss_dn_bbox" + suffix] = ops.sum(
+                ops.where(valid, l1, ops.zeros_like(l1))) / num_boxes * share
+            losses["loss_dn_giou" + suffix] = ops.sum(
+                ops.where(valid, giou, ops.zeros_like(giou))) / num_boxes * share
+        if not total:
+            return losses
+        weights = {"ce": self.class_weight, "bbox": self.bbox_weight, "giou": self.giou_weight}
+        result = 0.0
+        for key, value in losses.items():  # "loss_dn_ce", "loss_dn_bbox_0", ...
+            result = result + weights[key.split("_")[2]] * value
+        return result
+
     def _targets(self, y_true):
         if not isinstance(y_true, dict) or "boxes" not in y_true or "labels" not in y_true:
             keys = sorted(y_true) if isinstance(y_true, dict) else type(y_true).__name__

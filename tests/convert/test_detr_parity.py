@@ -135,7 +135,9 @@ def test_overrides_keep_the_weights_that_fit(checkpoint):
     _, path = checkpoint
     images, mask = _inputs()
     full = DETR.from_preset(path)
-    model = DETR.from_preset(path, num_classes=7, frozen_stages=0)
+    # Fine-tuning on another label set: a fresh class head, said so; the rest is kept.
+    with pytest.warns(UserWarning, match="class_head/kernel, class_head/bias changed shape"):
+        model = DETR.from_preset(path, num_classes=7, frozen_stages=0)
     assert model.num_classes == 7 and model.backbone.frozen_stages == 0
     out = model({"images": images, "pixel_mask": mask})
     assert out["logits"].shape == (2, 5, 8)

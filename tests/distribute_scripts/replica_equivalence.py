@@ -1,4 +1,4 @@
-"""Trains a tiny ViTClassifier on 1 and on 2 replicas and prints a JSON report.
+"""Trains a tiny ViTClassifier on 1 and on 2 replicas (and a DETR on 2) and prints a JSON report.
 
 Run as a subprocess by tests/test_distribute.py, because the two devices must be
 configured before the backend initialises: the caller sets KERAS_BACKEND and, for
@@ -119,4 +119,20 @@ if BACKEND == "jax":
         "max_relative_weight_difference": compare(single, sharded),
     }
 
+
+def detr_denoising_on_two_replicas():
+    """DETR with anchor queries and query denoising, trained on the two replicas."""
+    from tests.models.test_detr import _inputs, _model, _targets
+
+    x, y = _inputs(batch=4, size=(32, 32)), _targets(batch=4)
+    y = {key: y[key] for key in ("boxes", "labels")}
+    with two.scope():
+        detr = _model(query_type="anchor", denoising_groups=2)
+        detr.compile(learning_rate=1e-3)
+        history = detr.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0)
+    return {"jit_compile": bool(detr.jit_compile), "loss": history.history["loss"],
+            "denoising_loss": history.history["denoising_loss"]}
+
+
+report["detr_denoising"] = detr_denoising_on_two_replicas()
 print("REPORT " + json.dumps(report))

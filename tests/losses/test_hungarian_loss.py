@@ -405,3 +405,71 @@ def test_torch_ranks_share_the_global_box_count(tmp_path):
     # DDP averages the ranks' gradients: the mean of the ranks' box losses is the global one.
     for key in ("loss_bbox", "loss_giou"):
         assert np.isclose((ranks[0][key] + ranks[1][key]) / 2, whole[key], atol=1e-5), key
+
+
+# --- DN-DETR's denoising loss ---
+
+
+def _np_giou(a, b):
+    """GIoU of aligned cxcywh boxes, from the pairwise NumPy reference."""
+    def xyxy(x):
+        return np.concatenate([x[..., :2] - x[..., 2:] / 2, x[..., :2] + x[..., 2:] / 2], -1)
+
+    from tests.ops.test_boxes import np_pairwise_giou
+
+    a, b = xyxy(a.reshape(-1, 4).astype("float64")), xyxy(b.reshape(-1, 4).astype("float64"))
+    return np.array([np_pairwise_giou(a[i:i + 1], b[i:i + 1])[0, 0] for i in range(len(a))])
+
+
+def test_denoising_losses_match_numpy_and_ignore_padding():
+    y_true, _ = make_batch(counts=(4, 0, 6))  # 10 real targets in 3 x 6 slots
+    groups = 3
+    slots = groups * 6
+
+    def outputs(seed):
+        rng = np.random.default_rng(seed)
+        size = rng.uniform(0.05, 0.4, (3, slots, 2))
+        boxes = np.concatenate([rng.uniform(size / 2, 1 - size / 2), size], -1)
+        return {"logits": rng.standard_normal((3, slots, NUM_CLASSES + 1)).astype("float32"),
+                "boxes": boxes.astype("float32")}
+
+    layers = [outputs(1), outputs(2)]
+    # Padding slots may hold anything: NaN and inf included.
+    valid = np.tile(y_true["labels"] >= 0, (1, groups))
+    for layer in layers:
+        layer["boxes"][~valid] = np.nan
+        layer["logits"][~valid] = np.inf
+    loss = HungarianLoss(num_classes=NUM_CLASSES)
+    got = {k: float(v) for k, v in loss.denoising_losses(y_true, layers, groups).items()}
+    assert sorted(got) == sorted(["loss_dn_ce", "loss_dn_bbox", "loss_dn_giou", "loss_dn_ce_0",
+                                  "loss_dn_bbox_0", "loss_dn_giou_0"])
+    labels = np.tile(y_true["labels"], (1, groups))[valid]
+    boxes = np.tile(y_true["boxes"], (1, groups, 1))[valid].astype("float64")
+    for suffix, layer in (("_0", layers[0]), ("", layers[1])):
+        logits = layer["logits"][valid].astype("float64")
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        ce = -log_probs[np.arange(len(labels)), labels].mean()
+        pred = layer["boxes"][valid].astype("float64")
+        # Normalised like the set loss: by the real targets (10) times the groups.
+        l1 = np.abs(pred - boxes).sum() / (10 * groups)
+        giou = (1 - _np_giou(pred, boxes)).sum() / (10 * groups)
+        np.testing.assert_allclose(
+            [got["loss_dn_ce" + suffix], got["loss_dn_bbox" + suffix], got["loss_dn_giou" + suffix]],
+            [ce, l1, giou], rtol=1e-5)
+    total = float(loss.denoising_losses(y_true, layers, groups, total=True))
+    expected = sum({"ce": 1.0, "bbox": 5.0, "giou": 2.0}[k.split("_")[2]] * v
+                   for k, v in got.items())
+    assert np.isclose(total, expected, rtol=1e-6)
+
+
+def test_denoising_losses_without_targets_are_zero_and_shapes_are_checked():
+    y_true, _ = make_batch(counts=(0, 0, 0))
+    rng = np.random.default_rng(0)
+    outputs = [{"logits": rng.standard_normal((3, 12, NUM_CLASSES + 1)).astype("float32"),
+                "boxes": rng.uniform(0.2, 0.8, (3, 12, 4)).astype("float32")}]
+    loss = HungarianLoss(num_classes=NUM_CLASSES)
+    assert float(loss.denoising_losses(y_true, outputs, 2, total=True)) == 0.0
+    with pytest.raises(ValueError, match=r"\(batch, groups \* max_boxes\) = \(3, 18\)"):
+        loss.denoising_losses(y_true, outputs, 3)
+    with pytest.raises(ValueError, match="non-empty list"):
+        loss.denoising_losses(y_true, [], 2)

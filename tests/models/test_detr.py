@@ -115,7 +115,8 @@ def test_round_trips(tmp_path):
     restored = DETR.from_preset(str(tmp_path / "preset"))
     assert_allclose(restored(x)["logits"], model(x)["logits"], atol=1e-6)
     # Overrides keep every weight that still fits (here all but the class head).
-    more = DETR.from_preset(str(tmp_path / "preset"), num_classes=6)
+    with pytest.warns(UserWarning, match="class_head/kernel, class_head/bias changed shape"):
+        more = DETR.from_preset(str(tmp_path / "preset"), num_classes=6)
     assert tuple(more(x)["logits"].shape) == (2, 5, 7)
     assert_allclose(more(x)["boxes"], model(x)["boxes"], atol=1e-6)
 
@@ -135,18 +136,20 @@ def test_gradients_reach_backbone_transformer_and_heads(model):
 
 @pytest.mark.slow  # an XLA compile of model + matcher: ~40 s on 2 CPU cores
 def test_fit_compiles_the_matcher_and_stays_finite_in_mixed_precision():
-    # One compiled step serves both promises (each DETR compile costs tens of seconds on
-    # a CPU): the matcher inside the XLA step, and 25 mixed-precision steps with dropout
-    # that stay finite and learn.
+    # One compiled step serves three promises (each DETR compile costs tens of seconds on
+    # a CPU): the matcher inside the XLA step; anchor queries with query denoising (its
+    # random noise, label embeddings and attention mask) inside it; and 25 mixed-precision
+    # steps with dropout that stay finite and learn. (Plain DETR's compiled fit: the
+    # learning test, tests/models/test_detr_learns.py.)
     keras.config.set_dtype_policy("mixed_bfloat16")
-    model = _model(dropout=0.1, attention_dropout=0.1)
+    model = _model(dropout=0.1, attention_dropout=0.1, query_type="anchor", denoising_groups=2)
     model.compile(learning_rate=1e-3, backbone_learning_rate=1e-4)
     # "auto": in the compiled step on TensorFlow and JAX, scipy on eager PyTorch.
     assert model.loss.resolved_matcher == ("scipy" if BACKEND == "torch" else "graph")
     assert isinstance(model.optimizer, ScaledAdamW)
     backbone_var = model.backbone.trainable_variables[0]
     assert model.optimizer.learning_rate_multiplier(backbone_var) == pytest.approx(0.1)
-    assert model.optimizer.learning_rate_multiplier(model.object_queries) == 1.0
+    assert model.optimizer.learning_rate_multiplier(model.anchor_boxes) == 1.0
     if BACKEND in ("tensorflow", "jax"):
         assert model.jit_compile
     x, y = _inputs(size=(32, 32)), _targets()
@@ -155,6 +158,8 @@ def test_fit_compiles_the_matcher_and_stays_finite_in_mixed_precision():
     losses = history.history["loss"]
     assert len(losses) == 25 and np.all(np.isfinite(losses))
     assert losses[-1] < losses[0]
+    denoising = history.history["denoising_loss"]
+    assert np.all(np.isfinite(denoising)) and denoising[-1] < denoising[0]
     assert all(np.all(np.isfinite(to_numpy(v))) for v in model.weights)
     # Every weight moves except the attention query/key biases: the key bias cancels in
     # the softmax (zero gradient in exact arithmetic) and at these widths the query bias's
@@ -169,6 +174,155 @@ def test_fit_compiles_the_matcher_and_stays_finite_in_mixed_precision():
     spec = model.compute_output_spec(x)
     for key in ("logits", "boxes"):
         assert keras.backend.standardize_dtype(spec[key].dtype) == "float32", key
+
+
+# --- Anchor queries (DAB-DETR) and query denoising (DN-DETR) ---
+
+
+def _decode_alone_and_with_denoising(model, x, y):
+    """The object queries' predictions decoded alone and beside the denoising queries."""
+    context = model(x, training=True)["denoising_context"]
+    memory = (context["memory"], context["memory_position"], context["memory_mask"])
+    target, position, reference = model._object_queries(2, "float32")
+    alone, _ = model._decode(target, position, reference, *memory)
+    queries = model.denoising_queries(y)
+    count = queries["boxes"].shape[1]
+    joint_target = keras.ops.concatenate([queries["target"], target], axis=1)
+    if reference is None:
+        position = keras.ops.concatenate(
+            [model._box_position(queries["boxes"], "float32"), position], axis=1)
+    else:
+        reference = keras.ops.concatenate([queries["boxes"], reference], axis=1)
+    joint, _ = model._decode(joint_target, position, reference, *memory,
+                             self_attention_mask=queries["attention_mask"])
+    return alone, joint, count
+
+
+@pytest.mark.parametrize("query_type", ["learned", "anchor"])
+def test_object_queries_never_see_the_denoising_queries(query_type):
+    # The attention mask's promise: the object queries' outputs (every layer) are the same
+    # with and without denoising queries beside them, same weights and inputs.
+    model = _model(query_type=query_type, denoising_groups=3)
+    x, y = _inputs(), _targets()
+    alone, joint, count = _decode_alone_and_with_denoising(model, x, y)
+    assert count == 3 * 3 and len(alone) == len(joint) == 2
+    for a, b in zip(alone, joint):
+        assert tuple(b["boxes"].shape) == (2, count + 5, 4)
+        for key in ("logits", "boxes"):
+            assert_allclose(b[key][:, count:], a[key], atol=1e-5, rtol=1e-5)
+    # ...and the denoising queries do depend on the object queries and their own group:
+    # changing the first group's targets changes the first group's outputs only.
+    y2 = {**y, "boxes": y["boxes"] * 0.9}
+    keras.utils.set_random_seed(0)
+    model.denoising_seed.state.assign(np.zeros_like(to_numpy(model.denoising_seed.state)))
+    _, first, _ = _decode_alone_and_with_denoising(model, x, y)
+    model.denoising_seed.state.assign(np.zeros_like(to_numpy(model.denoising_seed.state)))
+    _, second, _ = _decode_alone_and_with_denoising(model, x, y2)
+    assert not np.allclose(to_numpy(first[-1]["boxes"][0, :3]), to_numpy(second[-1]["boxes"][0, :3]))
+
+
+def test_denoising_queries_noise_and_mask():
+    model = _model(denoising_groups=4, denoising_box_noise=0.4, denoising_label_noise=0.5)
+    y = _targets(batch=2, max_boxes=3)
+    queries = to_numpy(model.denoising_queries(y))
+    groups, slots, n = 4, 3, 4 * 3 + 5
+    valid = np.tile(y["labels"] >= 0, (1, groups))
+    np.testing.assert_array_equal(queries["valid"], valid)
+    boxes = np.tile(y["boxes"], (1, groups, 1))
+    noised = queries["boxes"]
+    # Centres move by at most 0.4 of half the size, sizes change by at most 0.4 of the size.
+    limit = np.concatenate([boxes[..., 2:] / 2, boxes[..., 2:]], -1) * 0.4
+    assert np.all(np.abs(noised - boxes)[valid] <= limit[valid] + 1e-6)
+    assert np.all((noised >= 0) & (noised <= 1))
+    assert np.any(np.abs(noised - boxes)[valid] > 1e-3)  # it is noised
+    # The target is each query's (noised) label embedding; padding gets "unknown".
+    table = to_numpy(model.label_embedding.embeddings)
+    rows = queries["target"].reshape(-1, 16)
+    indices = [int(np.argmin(np.abs(table - r).sum(-1))) for r in rows]
+    indices = np.array(indices).reshape(2, groups * slots)
+    assert np.all(indices[~valid] == 3)
+    assert np.all(indices[valid] < 3)
+    # Label noise 0 keeps every label; 1 re-draws every one (uniformly: some change).
+    true = np.tile(y["labels"], (1, groups))[valid]
+    for noise, changes in ((0.0, False), (1.0, True)):
+        other = _model(denoising_groups=4, denoising_label_noise=noise)
+        other.label_embedding.set_weights(model.label_embedding.get_weights())
+        rows = to_numpy(other.denoising_queries(y)["target"]).reshape(-1, 16)
+        drawn = np.array([int(np.argmin(np.abs(table - r).sum(-1))) for r in rows])
+        drawn = drawn.reshape(2, groups * slots)[valid]
+        assert np.any(drawn != true) == changes and np.all(drawn < 3)
+    mask = queries["attention_mask"]
+    assert mask.shape == (2, 1, n, n) and mask.dtype == bool
+    group_of = np.concatenate([np.repeat(np.arange(groups), slots), -np.ones(5, int)])
+    for image in range(2):
+        keys = np.concatenate([valid[image], np.ones(5, bool)])
+        for i in range(n):
+            for j in range(n):
+                same = group_of[i] == group_of[j]
+                sees_objects = group_of[i] >= 0 and group_of[j] < 0
+                assert mask[image, 0, i, j] == ((same or sees_objects) and keys[j]), (i, j)
+    with pytest.raises(ValueError, match="denoising_groups"):
+        _model().denoising_queries(y)
+
+
+def test_anchor_boxes_are_refined_layer_by_layer():
+    model = _model(query_type="anchor")
+    assert not hasattr(model, "object_queries") and tuple(model.anchor_boxes.shape) == (5, 4)
+    x = _inputs()
+    out = model(x)
+    first, last = to_numpy(out["aux_outputs"][0]["boxes"]), to_numpy(out["boxes"])
+    assert not np.allclose(first, last) and np.all((last > 0) & (last < 1))
+    # Each layer predicts a correction of the previous boxes (the first: of the anchors):
+    # with a zero correction every layer returns the anchors themselves.
+    last_layer = model.box_head[-1]
+    last_layer.kernel.assign(np.zeros(last_layer.kernel.shape, "float32"))
+    last_layer.bias.assign(np.zeros(last_layer.bias.shape, "float32"))
+    anchors = 1 / (1 + np.exp(-to_numpy(model.anchor_boxes)))
+    out = model(x)
+    for boxes in (out["aux_outputs"][0]["boxes"], out["boxes"]):
+        assert_allclose(boxes, np.broadcast_to(anchors, (2, 5, 4)), atol=1e-5)
+
+
+@pytest.mark.parametrize("query_type", ["learned", "anchor"])
+def test_denoising_gradients_reach_the_new_weights_and_inference_is_unchanged(query_type):
+    model = _model(query_type=query_type, denoising_groups=2)
+    x, y = _inputs(), _targets()
+    # Inference: the outputs of plain DETR, no denoising context.
+    assert sorted(model(x)) == ["aux_outputs", "boxes", "logits"]
+    assert "denoising_context" in model(x, training=True)
+    # One training step, as fit() takes it (on JAX the loss's own layer calls are traced
+    # only inside the trainer's step): the denoising branch's weights move.
+    model.compile(optimizer=keras.optimizers.SGD(1.0), jit_compile=BACKEND == "jax")
+    before = {v.path: to_numpy(v) for v in model.trainable_variables}
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert np.isfinite(logs["loss"]) and logs["denoising_loss"] > 0
+    after = {v.path: to_numpy(v) for v in model.trainable_variables}
+    new = ["box_position_head_0/kernel", "box_position_head_1/kernel",
+           "label_embedding/embeddings"]
+    new.append("detr/" + ("object_queries" if query_type == "learned" else "anchor_boxes"))
+    for path in new:
+        assert path in after, sorted(after)
+        assert np.all(np.isfinite(after[path])) and np.any(after[path] != before[path]), path
+
+
+def test_denoising_options_are_checked_and_saved(tmp_path):
+    with pytest.raises(ValueError, match="query_type"):
+        _model(query_type="dab")
+    with pytest.raises(ValueError, match="denoising_groups"):
+        _model(denoising_groups=-1)
+    with pytest.raises(ValueError, match="denoising_label_noise"):
+        _model(denoising_label_noise=1.5)
+    with pytest.raises(ValueError, match="denoising_box_noise"):
+        _model(denoising_box_noise=-0.1)
+    model = _model(query_type="anchor", denoising_groups=2, denoising_box_noise=0.3)
+    with pytest.raises(ValueError, match="denoising_losses"):
+        model.compile(loss=lambda y, p: 0.0)
+    config = model.get_config()
+    assert (config["query_type"], config["denoising_groups"], config["denoising_box_noise"]) == (
+        "anchor", 2, 0.3)
+    x = _inputs()
+    loaded = assert_keras_save_load(model, x, tmp_path, atol=1e-6)
+    assert loaded.denoising_groups == 2 and loaded.query_type == "anchor"
 
 
 def test_scaled_adamw_matches_a_parameter_group():

@@ -1,13 +1,18 @@
+import warnings
+
 import keras
 from keras import ops
 
-from keras_vtx.layers.sine_position_encoding import SinePositionEncoding2D
+from keras_vtx.layers.sine_position_encoding import SinePositionEncoding2D, sine_box_encoding
 from keras_vtx.layers.transformer_decoder_block import TransformerDecoderBlock
 from keras_vtx.layers.transformer_encoder_block import TransformerEncoderBlock
+from keras_vtx.models.detr.detr_denoising import denoising_attention_mask, noise_targets
 from keras_vtx.models.detr.detr_optimizer import ScaledAdamW, step_decay_schedule
 from keras_vtx.models.detr.detr_post_processing import post_process_detections
 from keras_vtx.models.detr.resnet_backbone import ResNetBackbone
 from keras_vtx.models.task import OptimizerBuiltBeforeFit, TaskPresets
+
+QUERY_TYPES = ("learned", "anchor")
 
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
@@ -48,6 +53,30 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
             self-attention and the decoder's cross-attention probabilities
             (for `keras_vtx.analysis.detr_attention_maps`); they are computed
             explicitly instead of by the fused attention kernel.
+        query_type: `"learned"` (DETR: each object query is a learned
+            position vector and every decoder layer predicts boxes afresh) or
+            `"anchor"` (DAB-DETR, Liu et al., ICLR 2022: each query is a
+            learned anchor box `(cx, cy, w, h)`; its position vector is an MLP
+            of the anchor's sine encoding, in the format of the image's
+            position encoding, and every decoder layer predicts the box as a
+            correction of the previous layer's, `sigmoid(delta +
+            logit(anchor))`, the next layer's anchor).
+        denoising_groups: int >= 0, DN-DETR's query denoising (Li et al., CVPR
+            2022) in training: this many noised copies of each image's
+            ground-truth boxes and labels are fed to the decoder as extra
+            queries, each trained to reconstruct its own box and class (no
+            matching), beside the object queries; an attention mask keeps the
+            object queries from seeing them and the groups from seeing each
+            other. 0 (the published presets) is plain DETR. It needs the
+            targets, so it runs in `fit()` (`compute_loss`) only; inference is
+            unchanged. With it, the object queries' decoder input is a learned
+            "unknown class" embedding instead of zeros.
+        denoising_label_noise: float in [0, 1], the probability that a
+            denoising query's label is replaced by a random class (DN-DETR's
+            0.2).
+        denoising_box_noise: float >= 0, DN-DETR's box noise scale (0.4): the
+            centre moves by up to this fraction of half the width and height,
+            and the width and height change by up to this fraction, uniformly.
         dtype: dtype or dtype policy; logits and boxes are always float32.
 
     Call arguments:
@@ -67,6 +96,9 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
         queries, one `(batch, num_heads, num_queries, h * w)` tensor per
         decoder layer) and `"feature_mask"` `(batch, h, w)`, the pixel mask
         on the `h x w` feature map (positions are flattened row by row).
+        With `denoising_groups` and `training=True`, also
+        `"denoising_context"`: the encoder's output, its position encoding
+        and mask, for the denoising queries of `compute_loss`.
 
     Example:
     >>> model = DETR.from_preset("detr_tiny_test")
@@ -94,6 +126,10 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
         layer_norm_epsilon=1e-5,
         class_names=None,
         return_attention_scores=False,
+        query_type="learned",
+        denoising_groups=0,
+        denoising_label_noise=0.2,
+        denoising_box_noise=0.4,
         dtype=None,
         **kwargs,
     ):
@@ -122,6 +158,21 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
                     f"strings; received {class_names!r:.200}."
                 )
             class_names = tuple(str(c) for c in class_names)
+        if query_type not in QUERY_TYPES:
+            raise ValueError(f"`query_type` must be one of {QUERY_TYPES}; received {query_type!r}.")
+        if isinstance(denoising_groups, bool) or not isinstance(denoising_groups, int) \
+                or denoising_groups < 0:
+            raise ValueError(
+                f"`denoising_groups` must be an int >= 0; received {denoising_groups!r}."
+            )
+        if not 0.0 <= float(denoising_label_noise) <= 1.0:
+            raise ValueError(
+                f"`denoising_label_noise` must be in [0, 1]; received {denoising_label_noise!r}."
+            )
+        if not float(denoising_box_noise) >= 0.0:
+            raise ValueError(
+                f"`denoising_box_noise` must be >= 0; received {denoising_box_noise!r}."
+            )
         super().__init__(dtype=dtype, **kwargs)
         self.backbone = backbone
         self.num_classes = num_classes
@@ -137,6 +188,10 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.class_names = class_names
         self.return_attention_scores = bool(return_attention_scores)
+        self.query_type = query_type
+        self.denoising_groups = denoising_groups
+        self.denoising_label_noise = float(denoising_label_noise)
+        self.denoising_box_noise = float(denoising_box_noise)
 
         channels = backbone.output_shape[-1]
         policy = self.dtype_policy
@@ -166,11 +221,36 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
             epsilon=layer_norm_epsilon, dtype=policy, name="decoder_norm"
         )
         self.decoder_norm.build((None, num_queries, hidden_dim))
-        # nn.Embedding's N(0, 1) initialisation, as DETR's `query_embed`.
-        self.object_queries = self.add_weight(
-            shape=(num_queries, hidden_dim), initializer=keras.initializers.RandomNormal(1.0),
-            name="object_queries",
-        )
+        if query_type == "learned":
+            # nn.Embedding's N(0, 1) initialisation, as DETR's `query_embed`.
+            self.object_queries = self.add_weight(
+                shape=(num_queries, hidden_dim),
+                initializer=keras.initializers.RandomNormal(stddev=1.0), name="object_queries",
+            )
+        else:
+            # DAB-DETR's `refpoint_embed`: boxes as logits, N(0, 1) like nn.Embedding.
+            self.anchor_boxes = self.add_weight(
+                shape=(num_queries, 4), initializer=keras.initializers.RandomNormal(stddev=1.0),
+                name="anchor_boxes",
+            )
+        if query_type == "anchor" or denoising_groups:
+            # DAB-DETR's `ref_point_head`: a box's sine encoding -> a query position.
+            self.box_position_head = [
+                keras.layers.Dense(hidden_dim, activation="relu", dtype=policy,
+                                   name="box_position_head_0"),
+                keras.layers.Dense(hidden_dim, dtype=policy, name="box_position_head_1"),
+            ]
+            self.box_position_head[0].build((None, None, 2 * hidden_dim))
+            self.box_position_head[1].build((None, None, hidden_dim))
+        if denoising_groups:
+            # DN-DETR's `label_enc`: the denoising queries' content; the last entry
+            # ("unknown class") starts the object queries.
+            self.label_embedding = keras.layers.Embedding(
+                num_classes + 1, hidden_dim, dtype=policy, name="label_embedding"
+            )
+            self.label_embedding.build((None, None))
+            self.denoising_seed = keras.random.SeedGenerator(0, name="denoising_seed")
+            self.denoising_loss_tracker = keras.metrics.Mean(name="denoising_loss")
         # Heads in float32: logits feed the loss and boxes its box arithmetic.
         self.class_head = keras.layers.Dense(num_classes + 1, dtype="float32", name="class_head")
         self.box_head = [
@@ -241,7 +321,7 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
         mask = ops.reshape(mask, (batch, -1))
         key_mask = mask[:, None, None, :]
         scores = self.return_attention_scores
-        encoder_scores, decoder_scores = [], []
+        encoder_scores = []
         for block in self.encoder_blocks:
             x = block(x, attention_mask=key_mask, position_encoding=position,
                       return_attention_scores=scores, training=training)
@@ -249,24 +329,11 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
                 x, block_scores = x
                 encoder_scores.append(block_scores)
         memory = x
-        queries = ops.cast(self.object_queries, x.dtype)
-        query_position = ops.broadcast_to(
-            queries[None], (batch, self.num_queries, self.hidden_dim)
+        target, query_position, reference = self._object_queries(batch, memory.dtype)
+        predictions, decoder_scores = self._decode(
+            target, query_position, reference, memory, position, mask, training=training,
+            return_attention_scores=scores,
         )
-        target = ops.zeros_like(query_position)
-        hidden = []
-        for block in self.decoder_blocks:
-            target = block(
-                target, memory, query_position=query_position, memory_position=position,
-                memory_mask=mask, return_attention_scores=scores, training=training,
-            )
-            if scores:
-                target, _, cross_scores = target
-                decoder_scores.append(cross_scores)
-            hidden.append(target)
-        if not self.aux_loss:
-            hidden = hidden[-1:]
-        predictions = [self._heads(self.decoder_norm(h)) for h in hidden]
         outputs = dict(predictions[-1])
         if self.aux_loss:
             outputs["aux_outputs"] = predictions[:-1]
@@ -276,14 +343,146 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
             outputs["feature_mask"] = ops.reshape(
                 mask, (batch, ops.shape(features)[1], ops.shape(features)[2])
             )
+        if training and self.denoising_groups:
+            outputs["denoising_context"] = {
+                "memory": memory, "memory_position": position, "memory_mask": mask,
+            }
         return outputs
 
-    def _heads(self, hidden):
+    def _object_queries(self, batch, dtype):
+        """The object queries' decoder input, position (learned) and anchor boxes (anchor)."""
+        shape = (batch, self.num_queries, self.hidden_dim)
+        if self.denoising_groups:
+            unknown = self.label_embedding(ops.full((1, 1), self.num_classes, dtype="int32"))
+            target = ops.broadcast_to(ops.cast(unknown, dtype), shape)
+        else:
+            target = ops.zeros(shape, dtype=dtype)
+        if self.query_type == "learned":
+            position = ops.broadcast_to(ops.cast(self.object_queries, dtype)[None], shape)
+            return target, position, None
+        anchors = ops.sigmoid(ops.cast(self.anchor_boxes, "float32"))
+        return target, None, ops.broadcast_to(anchors[None], (batch, self.num_queries, 4))
+
+    def _box_position(self, boxes, dtype):
+        """A query position from normalised boxes (DAB-DETR's `ref_point_head`)."""
+        x = ops.cast(sine_box_encoding(boxes, self.hidden_dim // 2), dtype)
+        for layer in self.box_position_head:
+            x = layer(x)
+        return x
+
+    def _decode(self, target, query_position, reference, memory, position, mask,
+                self_attention_mask=None, training=None, return_attention_scores=False):
+        """Runs the decoder; returns the predictions of the layers it reports, and scores.
+
+        Exactly one of `query_position` (learned queries: fixed positions) and
+        `reference` (anchor boxes: a position per layer from the anchors, which
+        every layer's boxes refine) is given.
+        """
+        predictions, cross_scores = [], []
+        last = len(self.decoder_blocks) - 1
+        for index, block in enumerate(self.decoder_blocks):
+            if reference is not None:
+                query_position = self._box_position(reference, target.dtype)
+            target = block(
+                target, memory, query_position=query_position, memory_position=position,
+                memory_mask=mask, self_attention_mask=self_attention_mask,
+                return_attention_scores=return_attention_scores, training=training,
+            )
+            if return_attention_scores:
+                target, _, block_scores = target
+                cross_scores.append(block_scores)
+            if reference is None and not self.aux_loss and index < last:
+                continue
+            prediction = self._heads(self.decoder_norm(target), reference)
+            predictions.append(prediction)
+            if reference is not None:
+                # DAB-DETR: the next layer's anchors, without a gradient through them.
+                reference = ops.stop_gradient(prediction["boxes"])
+        if not self.aux_loss:
+            predictions = predictions[-1:]
+        return predictions, cross_scores
+
+    def _heads(self, hidden, reference=None):
         hidden = ops.cast(hidden, "float32")
         boxes = hidden
         for layer in self.box_head:
             boxes = layer(boxes)
+        if reference is not None:
+            boxes = boxes + inverse_sigmoid(reference)
         return {"logits": self.class_head(hidden), "boxes": ops.sigmoid(boxes)}
+
+    # --- Denoising (DN-DETR) ---
+
+    def denoising_queries(self, y, dtype=None):
+        """Noised ground truth as decoder queries, and the decoder's self-attention mask.
+
+        Each of the `denoising_groups` groups holds a noised copy of every
+        target slot of `y` (`max_boxes` slots per image, padding included; see
+        `detr_denoising.noise_targets`), embedded by its (noised) label. The
+        mask (`detr_denoising.denoising_attention_mask`) covers the denoising
+        queries followed by the `num_queries` object queries: the object
+        queries see each other only; a denoising query sees the real targets
+        of its own group and the object queries.
+
+        Args:
+            y: the targets dict (`"boxes"` `(batch, max_boxes, 4)`, `"labels"`
+                `(batch, max_boxes)`, -1 for padding).
+            dtype: the decoder's compute dtype (default: the model's).
+
+        Returns:
+            A dict: `"target"` `(batch, groups * max_boxes, hidden_dim)` (the
+            label embeddings), `"boxes"` `(batch, groups * max_boxes, 4)` (the
+            noised boxes), `"valid"` `(batch, groups * max_boxes)` (real
+            targets) and `"attention_mask"` `(batch, 1, n, n)` with `n =
+            groups * max_boxes + num_queries`, True where a query may attend.
+        """
+        if not self.denoising_groups:
+            raise ValueError("`denoising_queries` needs a model built with `denoising_groups`.")
+        labels, boxes, valid = noise_targets(
+            y["labels"], y["boxes"], self.denoising_groups, self.num_classes,
+            self.denoising_label_noise, self.denoising_box_noise, seed=self.denoising_seed,
+        )
+        return {
+            "target": ops.cast(self.label_embedding(labels), dtype or self.compute_dtype),
+            "boxes": boxes,
+            "valid": valid,
+            "attention_mask": denoising_attention_mask(valid, self.denoising_groups,
+                                                       self.num_queries),
+        }
+
+    def denoising_outputs(self, y, context, training=None):
+        """Runs the decoder on the denoising queries and the object queries together.
+
+        Args:
+            y: the targets dict.
+            context: `outputs["denoising_context"]` of a training call.
+            training: bool.
+
+        Returns:
+            A list with one dict per reported decoder layer (the last one
+            last), each `"logits"` `(batch, groups * max_boxes, num_classes
+            + 1)` and `"boxes"` `(batch, groups * max_boxes, 4)`: the denoising
+            queries' predictions, slot `g * max_boxes + i` reconstructing
+            target `i`.
+        """
+        memory = context["memory"]
+        batch = ops.shape(memory)[0]
+        queries = self.denoising_queries(y, memory.dtype)
+        target, position, reference = self._object_queries(batch, memory.dtype)
+        count = queries["boxes"].shape[1]
+        target = ops.concatenate([queries["target"], target], axis=1)
+        if reference is None:
+            position = ops.concatenate(
+                [self._box_position(queries["boxes"], memory.dtype), position], axis=1
+            )
+        else:
+            reference = ops.concatenate([queries["boxes"], reference], axis=1)
+        predictions, _ = self._decode(
+            target, position, reference, memory, context["memory_position"],
+            context["memory_mask"], self_attention_mask=queries["attention_mask"],
+            training=training,
+        )
+        return [{k: v[:, :count] for k, v in p.items()} for p in predictions]
 
     # --- Inference ---
 
@@ -345,7 +544,10 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
             metrics: passed to `keras.Model.compile`.
             jit_compile: `"auto"` compiles the train step with XLA on TensorFlow
                 (CPU included, unlike Keras' own "auto") and JAX, the matcher
-                inside it; PyTorch runs eagerly. A bool is passed on.
+                inside it; PyTorch runs eagerly; under a TensorFlow strategy
+                with several replicas (`MirroredStrategy`), where Keras' XLA step
+                cannot reach the other replicas' variables, a `tf.function`
+                without XLA (the matcher still inside). A bool is passed on.
             **kwargs: passed to `keras.Model.compile` (for example `steps_per_execution`).
         """
         if optimizer == "auto":
@@ -366,8 +568,16 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
             from keras_vtx.losses.hungarian_loss import HungarianLoss
 
             loss = HungarianLoss(num_classes=self.num_classes, matcher=matcher)
+        if self.denoising_groups and not hasattr(loss, "denoising_losses"):
+            raise ValueError(
+                "`denoising_groups` needs a loss with a `denoising_losses(y_true, outputs, "
+                "groups)` method, such as `keras_vtx.losses.HungarianLoss` (loss='auto'); "
+                f"received {type(loss).__name__}."
+            )
         if jit_compile == "auto":
-            jit_compile = keras.backend.backend() in ("tensorflow", "jax")
+            jit_compile = keras.backend.backend() in ("tensorflow", "jax") and not (
+                _tensorflow_replicas() > 1
+            )
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
                         jit_compile=jit_compile, **kwargs)
         # `compute_loss` calls the set loss itself with the target and output dicts.
@@ -384,6 +594,14 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
                 "instead); received a value."
             )
         loss = ops.cast(self.loss(y, y_pred), "float32")
+        if self.denoising_groups and isinstance(y_pred, dict) and "denoising_context" in y_pred:
+            outputs = self.denoising_outputs(y, y_pred["denoising_context"], training=training)
+            denoising = ops.cast(
+                self.loss.denoising_losses(y, outputs, self.denoising_groups, total=True),
+                "float32",
+            )
+            self.denoising_loss_tracker.update_state(denoising)
+            loss = loss + denoising
         for extra in self.losses:
             loss = loss + ops.cast(ops.sum(extra), "float32")
         return loss
@@ -410,9 +628,17 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
                 f"Cannot transfer weights: the overrides {backbone_kwargs | task_kwargs} change "
                 f"the number of variables ({len(src)} -> {len(dst)})."
             )
+        fresh = []
         for s, d in zip(src, dst):
             if tuple(s.shape) == tuple(d.shape):
                 d.assign(s.value)
+            else:
+                fresh.append(d.path)
+        if fresh:
+            warnings.warn(
+                f"DETR with {backbone_kwargs | task_kwargs}: {', '.join(fresh)} changed shape "
+                "and start from random values; every other weight is kept.", stacklevel=3,
+            )
         return model
 
     def get_config(self):
@@ -434,7 +660,26 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "class_names": None if self.class_names is None else list(self.class_names),
             "return_attention_scores": self.return_attention_scores,
+            "query_type": self.query_type,
+            "denoising_groups": self.denoising_groups,
+            "denoising_label_noise": self.denoising_label_noise,
+            "denoising_box_noise": self.denoising_box_noise,
         }
+
+
+def _tensorflow_replicas():
+    """Replicas of the active `tf.distribute` strategy (1 without one, or on other backends)."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def inverse_sigmoid(x, epsilon=1e-5):
+    """`log(x / (1 - x))` of values in [0, 1], clipped `epsilon` away from 0 and 1."""
+    x = ops.clip(ops.cast(x, "float32"), 0.0, 1.0)
+    return ops.log(ops.maximum(x, epsilon) / ops.maximum(1.0 - x, epsilon))
 
 
 def downsample_mask(pixel_mask, height, width):

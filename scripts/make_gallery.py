@@ -154,7 +154,10 @@ def detr_pictures(output, folder):
     boxes = targets["boxes"][0][targets["labels"][0] >= 0][:3]
     points = np.array([(int(cy * height), int(cx * width)) for cx, cy, _, _ in boxes])
     encoder = detr_encoder_attention(model, images[:1], points, pixel_mask=mask[:1])[0]
+    detections_path = os.path.join(folder, "detr_detections.png")
+    _detr_detection_grid(model, validation, info.class_names, detections_path)
     return {
+        "detr_detections.png": detections_path,
         "detr_decoder_attention.png": plot_detr_decoder_attention(
             display[0][:height, :width], result,
             os.path.join(folder, "detr_decoder_attention.png"),
@@ -163,6 +166,39 @@ def detr_pictures(output, folder):
             display[0][:height, :width], encoder, points,
             os.path.join(folder, "detr_encoder_attention.png")),
     }
+
+
+def _detr_detection_grid(model, validation, class_names, path, count=8, columns=4, zoom=3):
+    """The first `count` held-out images with the detections scoring >= 0.5, enlarged."""
+    import numpy as np
+    from PIL import Image
+
+    from keras_vtx.analysis import draw_detections
+    from keras_vtx.models.detr import post_process_detections
+
+    tiles = []
+    for x, y in validation.as_numpy_iterator():
+        sizes = np.asarray(y["size"])
+        found = post_process_detections(model(x, training=False), sizes, threshold=0.5)
+        for image, (height, width), detections in zip(x["images"], sizes, found):
+            pixels = np.repeat(np.repeat(image[:height, :width], zoom, 0), zoom, 1)
+            tiles.append(draw_detections(
+                pixels, np.asarray(detections["boxes"]) * zoom, detections["labels"],
+                detections["scores"], class_names=class_names, denormalize=True))
+        if len(tiles) >= count:
+            break
+    tiles = tiles[:count]
+    gap = 4
+    height = max(t.shape[0] for t in tiles)
+    width = max(t.shape[1] for t in tiles)
+    rows = -(-len(tiles) // columns)
+    canvas = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap, 3), 255,
+                     "uint8")
+    for i, tile in enumerate(tiles):
+        top, left = (i // columns) * (height + gap), (i % columns) * (width + gap)
+        canvas[top:top + tile.shape[0], left:left + tile.shape[1]] = tile
+    Image.fromarray(canvas).save(path)
+    return path
 
 
 def igpt_pictures(output, folder):

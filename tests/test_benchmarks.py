@@ -414,3 +414,26 @@ def test_strided_shortcut_benchmark_quick_run(tmp_path, capsys):
         assert record["max_abs_difference"] < 1e-4, record  # the two forms are the same function
         assert record["strided_s"] > 0 and record["subsampled_s"] > 0
     assert "strided/subsampled" in capsys.readouterr().out
+
+
+@pytest.mark.only_backend("torch")  # a worker process per configuration, eager PyTorch steps
+def test_detr_convergence_benchmark_quick_run(tmp_path, capsys):
+    benchmark = _load("detr_convergence")
+    plot = tmp_path / "ap.png"
+    records = benchmark.main([
+        "--configs", "detr,dn_batch_norm", "--preset", "detr_tiny_test", "--steps", "2",
+        "--every", "1", "--images", "20", "--batch-size", "4", "--max-boxes", "4",
+        "--out", str(tmp_path / "runs"), "--plot", str(plot),
+    ])
+    assert [r["name"] for r in records] == ["detr", "dn_batch_norm"]
+    for record in records:
+        assert [p["step"] for p in record["points"]] == [1, 2]
+        assert all(0.0 <= p["AP"] <= 1.0 and p["train_s"] > 0 for p in record["points"])
+    # Each configuration trained what it names: denoising logs its own loss.
+    assert "denoising_loss" not in records[0]["points"][-1]["loss"]
+    assert "denoising_loss" in records[1]["points"][-1]["loss"]
+    assert records[1]["overrides"]["norm"] == "batch_norm"
+    assert plot.stat().st_size > 0
+    assert "+ denoising + batch norm (preset)" in capsys.readouterr().out
+    again = benchmark.main(["--plot-only", str(tmp_path / "runs" / "*.json")])
+    assert sorted(r["name"] for r in again) == ["detr", "dn_batch_norm"]

@@ -56,3 +56,39 @@ def test_recipe_rejects_bad_flags():
     args = recipe.parse_args([])
     assert (args.preset, args.data, args.precision, args.matcher) == (
         "detr_pico_shapes", "shapes", "float32", "auto")
+
+
+# One command fine-tunes a published-format checkpoint on a COCO folder with other classes.
+# Run once: the recipe's path is backend-independent, and the conversion is checked on every
+# backend by tests/convert/test_detr_parity.py.
+@pytest.mark.slow
+@pytest.mark.only_backend("torch")
+def test_recipe_fine_tunes_a_transformers_checkpoint_on_a_coco_folder(tmp_path):
+    pytest.importorskip("transformers")
+    from keras_vtx.data.shapes import export_shapes_coco
+    from tests.convert.test_detr_parity import _transformers_detr
+
+    reference = _transformers_detr()  # 3 classes, a tiny ResNet with frozen stem and stage 1
+    checkpoint = tmp_path / "checkpoint"
+    reference.save_pretrained(checkpoint)
+    annotations, _ = export_shapes_coco(tmp_path / "coco", 20, image_size=64)
+    output = tmp_path / "run"
+    recipe = load_recipe("detr_detection")
+    with pytest.warns(UserWarning, match="class_head/kernel, class_head/bias changed shape"):
+        report = recipe.main([
+            "--preset", str(checkpoint), "--data", annotations, "--epochs", "1",
+            "--steps-per-epoch", "2", "--batch-size", "4", "--max-boxes", "5", "--output",
+            str(output), "--verbose", "0", "--draw", "0",
+        ])
+    assert report["num_classes"] == 6 and report["class_names"][0] == "circle"
+    assert (report["num_train"], report["num_validation"]) == (16, 4)
+    assert report["learning_rate"] == 1e-4 and report["backbone_learning_rate"] == 1e-5
+    assert 0.0 <= report["AP"] <= 1.0 and np.all(np.isfinite(report["history"]["loss"]))
+    model = DETR.from_preset(str(output / "preset"))
+    assert model.num_classes == 6 and model.num_queries == 5
+    # The checkpoint's weights were loaded: its frozen stem is unchanged by the training.
+    parameters = dict(reference.named_parameters())
+    stem = parameters["model.backbone.model.embedder.embedder.convolution.weight"]
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model.backbone.get_layer("stem_conv").kernel),
+        stem.detach().numpy().transpose(2, 3, 1, 0), atol=1e-6)

@@ -119,6 +119,12 @@ def test_round_trips(tmp_path):
         more = DETR.from_preset(str(tmp_path / "preset"), num_classes=6)
     assert tuple(more(x)["logits"].shape) == (2, 5, 7)
     assert_allclose(more(x)["boxes"], model(x)["boxes"], atol=1e-6)
+    # Options that add weights keep the trained ones too (fine-tuning with denoising).
+    with pytest.warns(UserWarning, match="box_position_head_0/kernel.*label_embedding"):
+        denoising = DETR.from_preset(str(tmp_path / "preset"), denoising_groups=2)
+    assert denoising.denoising_groups == 2
+    assert_allclose(denoising.backbone(x["images"]), model.backbone(x["images"]), atol=1e-6)
+    assert_allclose(denoising.class_head.kernel, model.class_head.kernel, atol=0)
 
 
 def test_gradients_reach_backbone_transformer_and_heads(model):
@@ -154,8 +160,11 @@ def test_fit_compiles_the_matcher_and_stays_finite_in_mixed_precision():
         assert model.jit_compile
     x, y = _inputs(size=(32, 32)), _targets()
     before = [to_numpy(v) for v in model.trainable_variables]
-    history = model.fit(x, y, batch_size=2, epochs=25, verbose=0)
+    history = model.fit(x, y, batch_size=2, epochs=25, verbose=0, validation_data=(x, y))
     losses = history.history["loss"]
+    # Denoising runs in training only: evaluation logs no (zero) denoising loss.
+    assert "val_loss" in history.history and "val_denoising_loss" not in history.history
+    assert set(model.evaluate(x, y, verbose=0, return_dict=True)) == {"loss"}
     assert len(losses) == 25 and np.all(np.isfinite(losses))
     assert losses[-1] < losses[0]
     denoising = history.history["denoising_loss"]

@@ -606,13 +606,27 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
             loss = loss + ops.cast(ops.sum(extra), "float32")
         return loss
 
+    def test_step(self, *args):
+        # Query denoising runs in training only: leave `denoising_loss` out of evaluation's
+        # logs rather than report a `val_denoising_loss` of 0. (JAX's step takes and returns
+        # a state beside the data and the logs.)
+        result = super().test_step(*args)
+        if not self.denoising_groups:
+            return result
+        logs = result[0] if isinstance(result, tuple) else result
+        logs = {name: value for name, value in logs.items() if name != "denoising_loss"}
+        return (logs, *result[1:]) if isinstance(result, tuple) else logs
+
     # --- Serialisation ---
 
     def rebuild_with(self, backbone_kwargs, task_kwargs):
         """Returns a copy with config overrides, keeping every weight whose shape still fits.
 
-        A new `num_classes` replaces only the class head, a new `num_queries`
-        only the object queries: the rest of the trained model is kept.
+        Weights are matched by name: a new `num_classes` replaces only the
+        class head, a new `num_queries` only the object queries, and options
+        that add weights (`denoising_groups`, `query_type="anchor"`) start
+        those fresh; the rest of the trained model is kept. A warning names
+        every weight that starts from random values.
         """
         backbone = self.backbone_cls.from_config(
             {**self.backbone.get_config(), **backbone_kwargs}
@@ -622,22 +636,20 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
         if task_kwargs.get("num_classes", self.num_classes) != self.num_classes:
             config.pop("class_names", None)
         model = type(self)(backbone=backbone, **{**config, **task_kwargs})
-        src, dst = self.weights, model.weights
-        if len(src) != len(dst):
-            raise ValueError(
-                f"Cannot transfer weights: the overrides {backbone_kwargs | task_kwargs} change "
-                f"the number of variables ({len(src)} -> {len(dst)})."
-            )
+        source = {_relative_path(v, self): v for v in self.weights}
         fresh = []
-        for s, d in zip(src, dst):
-            if tuple(s.shape) == tuple(d.shape):
-                d.assign(s.value)
-            else:
-                fresh.append(d.path)
+        for variable in model.weights:
+            key = _relative_path(variable, model)
+            if key in source and tuple(source[key].shape) == tuple(variable.shape):
+                variable.assign(source[key].value)
+            elif not key.endswith("seed_generator_state"):
+                fresh.append(key)
         if fresh:
+            changes = ", ".join(f"{k}={v!r}" for k, v in (backbone_kwargs | task_kwargs).items()
+                                if k != "class_names")
             warnings.warn(
-                f"DETR with {backbone_kwargs | task_kwargs}: {', '.join(fresh)} changed shape "
-                "and start from random values; every other weight is kept.", stacklevel=3,
+                f"DETR with {changes}: {', '.join(fresh)} changed shape or are new, and start "
+                "from random values; every other weight is kept.", stacklevel=3,
             )
         return model
 
@@ -665,6 +677,12 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
             "denoising_label_noise": self.denoising_label_noise,
             "denoising_box_noise": self.denoising_box_noise,
         }
+
+
+def _relative_path(variable, model):
+    """A variable's path without the model's own name (a rebuilt model gets a new one)."""
+    prefix = model.name + "/"
+    return variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
 
 
 def _tensorflow_replicas():

@@ -50,6 +50,10 @@ def test_recipe_resumes_reports_and_saves_a_reloadable_preset(tmp_path):
         assert 0.0 <= report[key] <= 1.0, key
     assert report["image_to_text_recall@5"] >= report["image_to_text_recall@1"]
     assert report["zero_shot_top5_accuracy"] >= report["zero_shot_accuracy"]
+    prompts = report["zero_shot_by_prompt"]
+    assert list(prompts)[:2] == ["{}", "a {}"] and list(prompts)[2].startswith("ensemble of ")
+    assert all(0.0 <= v <= 1.0 for v in prompts.values())
+    assert report["comparison_images"] == {"probe_pool": 5, "test": 5}
     assert np.isfinite(report["loss"]) and report["loss"] > 0
     assert report["pairs_per_second"] > 0 and report["wall_time_s"] > 0
     assert report["bad_files"] == 0 and report["backend"] == keras.backend.backend()
@@ -79,3 +83,26 @@ def test_recipe_rejects_bad_flags():
     args = recipe.parse_args([])
     assert (args.preset, args.precision, args.augment) == ("clip_pico_patch4_32", "float32", True)
     assert args.data.startswith("shapes")
+
+
+def test_paper_comparisons_probe_the_first_half_and_score_the_second():
+    from types import SimpleNamespace
+
+    from keras_vtx.models.clip.clip_tokenizer import CLIPTokenizer
+
+    recipe = load_recipe("clip_contrastive")
+    model = CLIP.from_preset(TINY_PRESET)
+    names = ("circle", "square", "triangle")
+    labels = np.tile(np.arange(3), 8)  # 4 of each class per half
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (24, 32, 32, 3)).astype("float32")
+    # Embeddings that give the class away: the probes must find it, zero-shot cannot.
+    embeddings = np.eye(3)[labels] + 0.01 * rng.standard_normal((24, 3))
+    data = SimpleNamespace(validation_labels=labels, class_names=names)
+    result = recipe.paper_comparisons(model, CLIPTokenizer(sequence_length=16), data, images,
+                                      embeddings, "shapes")
+    assert result["comparison_images"] == {"probe_pool": 12, "test": 12}
+    probes = result["few_shot_probe"]
+    assert probes["shots"] == [1, 2, 4] and probes["seeds"] == recipe.PROBE_SEEDS
+    assert probes["mean_accuracy"]["1"] == 1.0 and probes["std_accuracy"]["4"] == 0.0
+    assert set(result["zero_shot_by_prompt"]) == {"{}", "a {}", "ensemble of 36"}

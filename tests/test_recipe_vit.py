@@ -60,3 +60,14 @@ def test_recipe_rejects_bad_flags(tmp_path):
         recipe.parse_args(["--precision", "float8"])
     args = recipe.parse_args([])
     assert (args.preset, args.data, args.precision) == ("vit_pico_patch4_32", "shapes", "float32")
+
+
+def test_augmentation_choices():
+    recipe = load_recipe("vit_classification")
+    options = recipe.augmentation_options
+    # The shapes set: flips only (a class never changes under a horizontal flip), no crop.
+    assert options("auto", "shapes:100") == {"flip": True, "train_crop": "random", "padding": 0}
+    assert options("none", "shapes") == {"flip": False, "train_crop": "random", "padding": 0}
+    assert options("auto", "dir:/data/flowers") == options("crop_flip", "shapes") == {}
+    assert options("randaugment", "shapes")["mixup_alpha"] == 0.8
+    assert recipe.parse_args([]).epochs == 8

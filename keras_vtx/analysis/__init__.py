@@ -40,6 +40,7 @@ from keras_vtx.analysis.embedding_sets import (
 from keras_vtx.analysis.linear_probe import (
     LinearProbe,
     extract_features,
+    few_shot_probe,
     probe_layers,
     sweep_regularization,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "embed_images",
     "embedding_set_similarity",
     "extract_features",
+    "few_shot_probe",
     "fill_masked",
     "mean_attention_distance",
     "mean_attention_distance_from_scores",

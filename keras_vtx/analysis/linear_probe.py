@@ -503,3 +503,82 @@ def extract_features(model_or_fn, data, labels=None, batch_size=256):
         raise ValueError("`data` holds no examples.")
     features = keras.tree.map_structure(lambda *parts: np.concatenate(parts), *outputs)
     return features, all_labels
+
+
+def few_shot_probe(features, labels, test_features, test_labels, shots=(1, 2, 4, 8, 16),
+                   seeds=5, regularization=1e-2, seed=0, **probe_kwargs):
+    """k-shot linear probes: `k` training examples per class, over several seeds.
+
+    The CLIP paper's figure 6 sets zero-shot accuracy against linear probes
+    fitted on `k` labelled examples of each class of the same features. For
+    every `k` in `shots` and each of `seeds` draws, `k` examples of every class
+    (without replacement, a different draw per seed) fit a `LinearProbe`,
+    which is scored on the test examples. With so few examples there is no
+    split to sweep the regularisation on: one fixed strength serves all `k`.
+
+    Args:
+        features: `(num_examples, num_features)` features to draw the
+            training examples from (any encoder's: CLIP's image embeddings,
+            a ViT's class token, pooled iGPT features).
+        labels: `(num_examples,)` their labels; every class needs at least
+            `max(shots)` examples.
+        test_features: `(num_test, num_features)` features to score on.
+        test_labels: `(num_test,)` their labels.
+        shots: positive ints, the examples per class.
+        seeds: int >= 1, draws per `k`.
+        regularization: the probes' L2 strength (see `LinearProbe`).
+        seed: base seed of the draws (draw `s` of `k` uses `(seed, k, s)`).
+        **probe_kwargs: passed to `LinearProbe` (`standardize`, `max_iter`, ...).
+
+    Returns:
+        A dict with `"shots"` (list), `"accuracies"` (`{k: [accuracy per
+        seed]}`), `"mean_accuracy"` and `"std_accuracy"` (`{k: float}`).
+
+    Example:
+    >>> rng = np.random.default_rng(0)
+    >>> labels = np.repeat(np.arange(3), 20)
+    >>> features = np.eye(3)[labels] + 0.3 * rng.standard_normal((60, 3))
+    >>> result = few_shot_probe(features[::2], labels[::2], features[1::2], labels[1::2],
+    ...                         shots=(1, 4), seeds=3)
+    >>> result["shots"], len(result["accuracies"][4]), result["mean_accuracy"][4] > 0.9
+    ([1, 4], 3, True)
+    """
+    x = _check_features("features", features)
+    y = _check_labels("labels", labels, len(x))
+    test_x = _check_features("test_features", test_features)
+    test_y = _check_labels("test_labels", test_labels, len(test_x), "test_features")
+    if test_x.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"`test_features` must have {x.shape[1]} columns like `features`; received "
+            f"{test_x.shape[1]}."
+        )
+    shots = [shots] if isinstance(shots, (int, np.integer)) else list(shots)
+    if not shots or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1
+                        for k in shots):
+        raise ValueError(f"`shots` must be positive ints; received {shots!r}.")
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, np.integer)) or seeds < 1:
+        raise ValueError(f"`seeds` must be an int >= 1; received {seeds!r}.")
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) < 2:
+        raise ValueError(f"`labels` must hold at least two classes; received {classes!r}.")
+    short = {c: int(n) for c, n in zip(classes.tolist(), counts) if n < max(shots)}
+    if short:
+        raise ValueError(
+            f"`shots` asks for {max(shots)} examples per class, but these classes of `labels` "
+            f"have fewer (class: count): {short}."
+        )
+    members = [np.flatnonzero(y == c) for c in classes]
+    accuracies = {}
+    for k in sorted({int(k) for k in shots}):
+        accuracies[k] = []
+        for draw in range(int(seeds)):
+            rng = np.random.default_rng((int(seed), k, draw))
+            chosen = np.concatenate([rng.choice(m, k, replace=False) for m in members])
+            probe = LinearProbe(regularization, **probe_kwargs).fit(x[chosen], y[chosen])
+            accuracies[k].append(probe.score(test_x, test_y))
+    return {
+        "shots": sorted(accuracies),
+        "accuracies": accuracies,
+        "mean_accuracy": {k: float(np.mean(v)) for k, v in accuracies.items()},
+        "std_accuracy": {k: float(np.std(v)) for k, v in accuracies.items()},
+    }

@@ -186,3 +186,62 @@ def test_bad_inputs():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         LinearProbe(0.1).fit(x, y)  # converges quietly
+
+
+def _clusters(per_class, noise, seed):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(4), per_class)
+    centres = 2.0 * np.eye(4, 6)
+    return centres[labels] + noise * rng.standard_normal((len(labels), 6)), labels
+
+
+def test_few_shot_probe_learns_more_with_more_shots_and_draws_differ():
+    from keras_vtx.analysis import few_shot_probe
+
+    x, y = _clusters(20, 1.0, 0)
+    test_x, test_y = _clusters(50, 1.0, 1)
+    result = few_shot_probe(x, y, test_x, test_y, shots=(16, 1), seeds=6)
+    assert result["shots"] == [1, 16]
+    assert all(len(result["accuracies"][k]) == 6 for k in (1, 16))
+    mean = result["mean_accuracy"]
+    # Nearest-centre accuracy here is about 0.8; one example per class is a noisy guess of
+    # its centre.
+    assert mean[16] > 0.7 and mean[16] > mean[1] + 0.1, mean
+    assert result["std_accuracy"][1] > 0  # different examples per draw
+    assert mean[1] == pytest.approx(np.mean(result["accuracies"][1]))
+    again = few_shot_probe(x, y, test_x, test_y, shots=(1,), seeds=6)
+    assert again["accuracies"][1] == result["accuracies"][1]  # seeded
+    other = few_shot_probe(x, y, test_x, test_y, shots=(1,), seeds=6, seed=1)
+    assert other["accuracies"][1] != result["accuracies"][1]
+
+
+def test_few_shot_probe_draws_k_examples_of_every_class(monkeypatch):
+    from keras_vtx.analysis import linear_probe
+
+    fitted = []
+    original = linear_probe.LinearProbe.fit
+
+    def spy(self, features, labels):
+        fitted.append(np.asarray(labels))
+        return original(self, features, labels)
+
+    monkeypatch.setattr(linear_probe.LinearProbe, "fit", spy)
+    x, y = _clusters(10, 0.5, 0)
+    linear_probe.few_shot_probe(x, y, x, y, shots=(3,), seeds=2)
+    assert len(fitted) == 2
+    for labels in fitted:
+        assert sorted(np.bincount(labels).tolist()) == [3, 3, 3, 3]
+
+
+def test_few_shot_probe_errors_name_the_argument():
+    from keras_vtx.analysis import few_shot_probe
+
+    x, y = _clusters(5, 0.5, 0)
+    with pytest.raises(ValueError, match=r"`shots` asks for 8 .*\{0: 5, 1: 5, 2: 5, 3: 5\}"):
+        few_shot_probe(x, y, x, y, shots=(8,))
+    with pytest.raises(ValueError, match="`shots` must be positive ints; received \\[0\\]"):
+        few_shot_probe(x, y, x, y, shots=(0,))
+    with pytest.raises(ValueError, match="`seeds` must be an int >= 1"):
+        few_shot_probe(x, y, x, y, shots=(1,), seeds=0)
+    with pytest.raises(ValueError, match="`test_features` must have 6 columns"):
+        few_shot_probe(x, y, x[:, :3], y, shots=(1,))

@@ -16,10 +16,13 @@ again with the same arguments (`backup/`), the final model as a preset directory
 The default (`vit_pico_patch4_32` from scratch on 9,000 shapes images of 32 x 32 pixels
 with horizontal flips, 8 epochs of 140 steps of 64) reached 96.8% held-out accuracy on
 1,000 images in 5.4 min with TensorFlow on 2 CPU cores (94.5% without the flips).
+`--optimizer adafactor` (Scaling ViT's Adafactor, same schedule and decay): 96.0% with
+1.7 MB of optimizer state against AdamW's 6.5 MB (`optimizer_state_bytes` in the report).
 """
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -53,6 +56,19 @@ def augmentation_options(augment, data_spec):
     return {}
 
 
+def optimizer_state_bytes(optimizer):
+    """Bytes of the optimizer's per-weight state (moments; not its step counter)."""
+    total = 0
+    for variable in optimizer.variables:
+        if len(variable.shape) == 0:
+            continue  # the iteration count and the learning rate
+        size = math.prod(int(d) for d in variable.shape)
+        name = keras.backend.standardize_dtype(variable.dtype)
+        bits = int("".join(c for c in name if c.isdigit()) or 8)  # bfloat16 -> 16
+        total += size * bits // 8
+    return total
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n", 1)[0],
@@ -72,6 +88,12 @@ def parse_args(argv=None):
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--warmup-fraction", type=float, default=0.1,
                         help="fraction of the steps spent warming up the learning rate")
+    parser.add_argument("--optimizer", choices=("adamw", "adafactor"), default="adamw",
+                        help="AdamW, or the modified Adafactor of 'Scaling Vision "
+                             "Transformers' (factored second moment, bfloat16 momentum)")
+    parser.add_argument("--head-weight-decay", type=float, default=None,
+                        help="adafactor only: the head's decoupled weight decay (default: "
+                             "--weight-decay; the paper: 3.0 with 0.03 for the body)")
     parser.add_argument("--augment", choices=AUGMENTATIONS, default="auto",
                         help="training augmentation: 'flip' (horizontal flips only), "
                              "'crop_flip' (random crop and horizontal flip), 'randaugment' "
@@ -94,6 +116,8 @@ def parse_args(argv=None):
             parser.error(f"--{name.replace('_', '-')} must be positive; received {value}")
     if not 0 <= args.warmup_fraction < 1:
         parser.error(f"--warmup-fraction must be in [0, 1); received {args.warmup_fraction}")
+    if args.head_weight_decay is not None and args.optimizer != "adafactor":
+        parser.error("--head-weight-decay needs --optimizer adafactor")
     if args.verbose != "auto":
         args.verbose = int(args.verbose)
     return args
@@ -141,7 +165,10 @@ def main(argv=None, callbacks=None):
             args.preset, num_classes=len(data.class_names), image_size=args.image_size
         )
         mixing = args.augment == "randaugment"
+        adafactor = args.optimizer == "adafactor"
         model.compile(
+            optimizer="adafactor" if adafactor else "auto",
+            head_weight_decay=args.head_weight_decay if adafactor else None,
             loss="categorical" if mixing else "auto",  # MixUp/CutMix give one-hot labels
             learning_rate=args.learning_rate,
             weight_decay=args.weight_decay,
@@ -171,6 +198,9 @@ def main(argv=None, callbacks=None):
         "precision": args.precision,
         "num_replicas": num_replicas,
         "num_classes": len(data.class_names),
+        "optimizer": args.optimizer,
+        "optimizer_state_bytes": optimizer_state_bytes(model.optimizer),
+        "parameters": model.count_params(),
         "num_train": data.num_train,
         "num_validation": data.num_validation,
         "epochs": args.epochs,

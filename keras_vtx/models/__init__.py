@@ -20,7 +20,7 @@ from keras_vtx.models.presets import (
     unregister_preset,
 )
 from keras_vtx.models.task import Task
-from keras_vtx.models.vit import ViTBackbone, ViTClassifier, vit_config
+from keras_vtx.models.vit import ScalingViTAdafactor, ViTBackbone, ViTClassifier, vit_config
 
 __all__ = [
     "Backbone",
@@ -34,6 +34,7 @@ __all__ = [
     "ImageGPTClassifier",
     "ResNetBackbone",
     "ScaledAdamW",
+    "ScalingViTAdafactor",
     "Task",
     "ViTBackbone",
     "ViTClassifier",

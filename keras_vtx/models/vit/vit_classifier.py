@@ -133,6 +133,7 @@ class ViTClassifier(Task):
         total_steps=10_000,
         label_smoothing=0.0,
         global_clipnorm=1.0,
+        head_weight_decay=None,
         **kwargs,
     ):
         """Compiles with ViT's training defaults; every `"auto"` can be replaced.
@@ -142,6 +143,13 @@ class ViTClassifier(Task):
                 warm-up of `warmup_steps` then cosine decay to 0 at `total_steps`,
                 `weight_decay` (not on biases, norms, tokens and position
                 embeddings) and global gradient clipping at `global_clipnorm`.
+                `"adafactor"` is the same schedule, exclusions and clipping with
+                the modified Adafactor of "Scaling Vision Transformers"
+                (`ScalingViTAdafactor`: factored second moment, bfloat16
+                momentum, about a quarter of AdamW's optimizer memory), its decoupled
+                decay `weight_decay` on the body and `head_weight_decay` (default:
+                `weight_decay`) on the head, both multiplied by the learning rate
+                (the paper: 0.03 and 3.0).
             loss: `"auto"` is sparse categorical cross-entropy from logits, with
                 `label_smoothing` (one-hot labels, as MixUp/CutMix produce, get the
                 dense cross-entropy: pass `loss="categorical"`).
@@ -149,6 +157,23 @@ class ViTClassifier(Task):
             **kwargs: passed to `keras.Model.compile` (for example `jit_compile`).
         """
         from_logits = self.activation is None
+        if optimizer == "adafactor":
+            from keras_vtx.models.vit.vit_adafactor import ScalingViTAdafactor
+
+            optimizer = ScalingViTAdafactor(
+                learning_rate=warmup_cosine_schedule(learning_rate, total_steps, warmup_steps),
+                weight_decay=weight_decay,
+                head_weight_decay=weight_decay if head_weight_decay is None
+                else head_weight_decay,
+                global_clipnorm=global_clipnorm,
+            )
+            optimizer.exclude_from_weight_decay(var_list=no_decay_variables(self))
+            optimizer.set_head_variables(self.get_layer("head").trainable_variables)
+        elif head_weight_decay is not None:
+            raise ValueError(
+                "`head_weight_decay` is an option of `optimizer='adafactor'`; received "
+                f"optimizer={optimizer!r}."
+            )
         if optimizer == "auto":
             optimizer = keras.optimizers.AdamW(
                 learning_rate=warmup_cosine_schedule(learning_rate, total_steps, warmup_steps),

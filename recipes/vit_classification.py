@@ -22,7 +22,6 @@ with horizontal flips, 8 epochs of 140 steps of 64) reached 96.8% held-out accur
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -54,19 +53,6 @@ def augmentation_options(augment, data_spec):
         # DeiT's recipe (Touvron et al., 2021, table 9), Keras layers in tf.data.
         return {"rand_augment": 0.5, "mixup_alpha": 0.8, "cutmix_alpha": 1.0}
     return {}
-
-
-def optimizer_state_bytes(optimizer):
-    """Bytes of the optimizer's per-weight state (moments; not its step counter)."""
-    total = 0
-    for variable in optimizer.variables:
-        if len(variable.shape) == 0:
-            continue  # the iteration count and the learning rate
-        size = math.prod(int(d) for d in variable.shape)
-        name = keras.backend.standardize_dtype(variable.dtype)
-        bits = int("".join(c for c in name if c.isdigit()) or 8)  # bfloat16 -> 16
-        total += size * bits // 8
-    return total
 
 
 def parse_args(argv=None):
@@ -140,6 +126,7 @@ def main(argv=None, callbacks=None):
 
     from keras_vtx.data import load_classification_data
     from keras_vtx.models import ViTClassifier
+    from keras_vtx.models.vit.vit_adafactor import optimizer_state_bytes
 
     num_replicas, scope = replicas_and_scope(args.distribute, args.batch_size)
     data = load_classification_data(

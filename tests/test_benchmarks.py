@@ -442,18 +442,17 @@ def test_detr_convergence_benchmark_quick_run(tmp_path, capsys):
 @pytest.mark.only_backend("jax")
 def test_optimizer_memory_counts_equal_the_built_optimizers():
     from keras_vtx.models import ScalingViTAdafactor, ViTBackbone, ViTClassifier
-    from tests.recipe_helpers import load_recipe
+    from keras_vtx.models.vit.vit_adafactor import optimizer_state_bytes
     from tests.test_case import TINY_VIT
 
     benchmark = _load("optimizer_memory")
-    recipe = load_recipe("vit_classification")
     model = ViTClassifier(ViTBackbone(**{**TINY_VIT, "hidden_dim": 40, "mlp_dim": 80}),
                           num_classes=3)
     shapes = [tuple(v.shape) for v in model.trainable_variables]
     for name, optimizer in (("adamw", keras.optimizers.AdamW()),
                             ("adafactor", ScalingViTAdafactor())):
         optimizer.build(model.trainable_variables)
-        assert benchmark.state_bytes(shapes, name) == recipe.optimizer_state_bytes(optimizer)
+        assert benchmark.state_bytes(shapes, name) == optimizer_state_bytes(optimizer)
     rows = benchmark.main(["--presets", "vit_pico_patch4_32"])
     assert rows[0]["parameters"] == ViTClassifier.from_preset("vit_pico_patch4_32").count_params()
     assert 0.25 < rows[0]["ratio"] < 0.5

@@ -179,11 +179,19 @@ class HungarianLoss(keras.losses.Loss):
             return self.call(y_true, y_pred)
 
     def call(self, y_true, y_pred):
-        losses = self.compute_losses(y_true, y_pred)
+        return self._weighted_total(self.compute_losses(y_true, y_pred))
+
+    def _weighted_total(self, losses):
+        """`class_weight * ce + bbox_weight * bbox + giou_weight * giou` over the components.
+
+        Keys name their term before an optional layer suffix: "loss_ce", "loss_bbox_0",
+        "loss_dn_giou_1", ...
+        """
         weights = {"ce": self.class_weight, "bbox": self.bbox_weight, "giou": self.giou_weight}
         total = 0.0
-        for key, value in losses.items():  # "loss_ce", "loss_ce_0", "loss_bbox_0", ...
-            total = total + weights[key.split("_")[1]] * value
+        for key, value in losses.items():
+            term = next(part for part in key.split("_") if part in weights)
+            total = total + weights[term] * value
         return total
 
     def compute_losses(self, y_true, y_pred):
@@ -303,13 +311,7 @@ class HungarianLoss(keras.losses.Loss):
                 ops.where(valid, l1, ops.zeros_like(l1))) / num_boxes * share
             losses["loss_dn_giou" + suffix] = ops.sum(
                 ops.where(valid, giou, ops.zeros_like(giou))) / num_boxes * share
-        if not total:
-            return losses
-        weights = {"ce": self.class_weight, "bbox": self.bbox_weight, "giou": self.giou_weight}
-        result = 0.0
-        for key, value in losses.items():  # "loss_dn_ce", "loss_dn_bbox_0", ...
-            result = result + weights[key.split("_")[2]] * value
-        return result
+        return self._weighted_total(losses) if total else losses
 
     def _targets(self, y_true):
         if not isinstance(y_true, dict) or "boxes" not in y_true or "labels" not in y_true:

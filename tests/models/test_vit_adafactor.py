@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from keras_vtx.models import ScalingViTAdafactor, ViTBackbone, ViTClassifier
+from keras_vtx.models.vit.vit_adafactor import optimizer_state_bytes
 from tests.test_case import TINY_VIT
 
 SHAPES = {
@@ -125,3 +126,15 @@ def test_vit_classifier_compiles_and_trains_with_adafactor():
     history = model.fit(x, y, batch_size=6, epochs=20, verbose=0)
     losses = history.history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0], losses
+
+
+def test_optimizer_state_bytes_count_adafactors_factors_and_bfloat16_momentum():
+    variables = [keras.Variable(np.zeros((64, 48), "float32")),
+                 keras.Variable(np.zeros((10,), "float32"))]
+    adamw = keras.optimizers.AdamW()
+    adamw.build(variables)
+    assert optimizer_state_bytes(adamw) == 2 * 4 * (64 * 48 + 10)
+    adafactor = ScalingViTAdafactor()
+    adafactor.build(variables)
+    # bfloat16 momenta (2 bytes each) + float32 row/column factors + a full moment for the bias.
+    assert optimizer_state_bytes(adafactor) == 2 * (64 * 48 + 10) + 4 * (64 + 48 + 10)

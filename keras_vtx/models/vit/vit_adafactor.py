@@ -196,3 +196,23 @@ class ScalingViTAdafactor(keras.optimizers.Optimizer):
             "head_weight_decay": self.head_weight_decay,
         })
         return config
+
+
+def optimizer_state_bytes(optimizer):
+    """Bytes of any built Keras optimizer's per-weight state (moments, factors; no scalars).
+
+    Example:
+    >>> import numpy as np
+    >>> opt = keras.optimizers.AdamW()
+    >>> opt.build([keras.Variable(np.zeros((3, 4), "float32"))])
+    >>> optimizer_state_bytes(opt)  # two float32 moments of 12 weights
+    96
+    """
+    total = 0
+    for variable in optimizer.variables:
+        if len(variable.shape) == 0:
+            continue  # the iteration count and the learning rate
+        name = keras.backend.standardize_dtype(variable.dtype)
+        bits = int("".join(c for c in name if c.isdigit()) or 8)  # "bfloat16" -> 16
+        total += math.prod(int(d) for d in variable.shape) * bits // 8
+    return total

@@ -88,22 +88,53 @@ def test_recipe_trains_probes_draws_and_saves_a_reloadable_preset(tmp_path):
     # The saved model scores the validation set as the report says.
     from keras_vtx.data.palette_sequences import load_palette_data
 
-    data = load_palette_data("shapes:48", palette=model.palette, image_size=8, batch_size=8)
+    data = load_palette_data("shapes:48", palette=model.palette, image_size=8, batch_size=8,
+                             shapes_options={"size_range": (0.6, 0.95), "noise": 0.0})
     model.compile()
     results = model.evaluate(data.validation, return_dict=True, verbose=0)
     np.testing.assert_allclose(results["bits_per_dim"], report["bits_per_dim"], rtol=1e-4)
+
+
+# Two tiny runs (~30-60 s); one backend is enough: each objective's run is tested above.
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the two runs once, on TensorFlow")
+def test_both_objectives_share_the_palette_and_draw_one_figure(tmp_path):
+    recipe = load_recipe("igpt_pretrain")
+    output = tmp_path / "both"
+    report = recipe.main(["--tiny", "--objective", "both", "--output", str(output),
+                          "--verbose", "0", "--completions", "0", "--samples", "0"])
+    with open(output / "report.json") as f:
+        assert json.load(f) == report
+    ar, bert = (json.load(open(output / name / "report.json"))
+                for name in ("autoregressive", "bert"))
+    assert (ar["objective"], bert["objective"]) == ("autoregressive", "bert")
+    assert bert["palette_source"] == str(output / "autoregressive" / "palette.npy")
+    np.testing.assert_array_equal(np.load(output / "autoregressive" / "palette.npy"),
+                                  np.load(output / "bert" / "palette.npy"))
+    curves = report["probe_accuracy_by_layer"]
+    assert list(curves) == ["autoregressive", "BERT, 1 mask", "BERT, 2 masks averaged"]
+    assert curves["autoregressive"] == ar["probe_accuracy_by_layer"]
+    assert curves["BERT, 2 masks averaged"] == bert["probe_accuracy_by_layer"]
+    assert curves["BERT, 1 mask"] == bert["single_mask_probe_accuracy_by_layer"]
+    for name, best in report["best_probe"].items():
+        assert best["accuracy"] == max(curves[name].values())
+        assert curves[name][str(best["layer"])] == best["accuracy"]
+    assert _png_shape(report["probe_plot"]) == (600, 400)
 
 
 def test_recipe_flags():
     recipe = load_recipe("igpt_pretrain")
     for argv in (["--epochs", "0"], ["--precision", "float8"], ["--objective", "gpt"],
                  ["--num-colors", "1"], ["--mask-rate", "1.5"], ["--samples", "-1"],
-                 ["--temperature", "0"], ["--validation-split", "1"]):
+                 ["--temperature", "0"], ["--validation-split", "1"],
+                 ["--shape-size", "0.9,0.5"], ["--shape-size", "big"], ["--shape-noise", "-1"]):
         with pytest.raises(SystemExit):
             recipe.parse_args(argv)
     args = recipe.parse_args([])
     assert (args.preset, args.data, args.objective, args.precision) == (
-        "igpt_pico_shapes", "shapes:2000", "autoregressive", "float32")
+        "igpt_pico_shapes", "shapes:4000", "autoregressive", "float32")
+    assert args.shapes_options == {"size_range": (0.6, 0.95), "noise": 0.0}
+    assert recipe.parse_args(["--data", "dir:/x"]).shapes_options is None
     # --tiny changes the defaults, and explicit flags still win over it.
     tiny = recipe.parse_args(["--tiny", "--batch-size", "4"])
     assert (tiny.preset, tiny.batch_size, tiny.epochs) == ("igpt_tiny_test", 4, 1)

@@ -84,14 +84,20 @@ def plot_layer_probe_accuracy(accuracies, path, title=None, figsize=(6.0, 4.0), 
     figure = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
+    all_layers = sorted({int(v) for layers, _ in series.values() for v in layers})
     for name, (layers, scores) in series.items():
         line, = axes.plot(layers, scores, marker="o", label=name)
         best = int(np.argmax(scores))
         axes.plot(layers[best], scores[best], marker="*", markersize=16, linestyle="none",
                   color=line.get_color())
+        # Labels of the first layer point right, so that they stay inside the axes.
+        first = layers[best] == all_layers[0]
         axes.annotate(f"best: layer {layers[best]} ({scores[best]:.3f})",
                       (layers[best], scores[best]), textcoords="offset points",
-                      xytext=(0, 10), ha="center", fontsize=8, color=line.get_color())
+                      xytext=(8 if first else 0, 10),
+                      ha="left" if first else "center", fontsize=8, color=line.get_color())
+    if len(all_layers) <= 40:  # whole layers only
+        axes.set_xticks(all_layers)
     if chance is not None:
         axes.axhline(float(chance), linestyle="--", color="grey", label="chance")
     axes.set_xlabel("layer (0 = embeddings)")

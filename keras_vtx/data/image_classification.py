@@ -445,6 +445,7 @@ def load_classification_data(
     validation_split=0.2,
     seed=0,
     bad_files="skip",
+    shapes_options=None,
     **options,
 ):
     """Training and validation datasets from a data spec string.
@@ -469,6 +470,10 @@ def load_classification_data(
         seed: int, seeds the shapes generator, the split, shuffling and the
             random crops and augmentations.
         bad_files: `"skip"` or `"raise"` for unreadable image files.
+        shapes_options: optional dict, shapes specs only: how the images are
+            drawn, as `generate_shapes` keywords (`size_range`, `noise`,
+            `min_shapes`, `max_shapes`, `classes`); for example
+            `{"size_range": (0.6, 0.95), "noise": 0}` for large flat shapes.
         **options: pipeline options, applied to the training dataset (the
             validation dataset only resizes and crops):
             `train_crop` (`"auto"`, `"random_resized"` or `"random"`),
@@ -497,8 +502,9 @@ def load_classification_data(
     kind, _, value = spec.partition(":")
     report = BadFileReport()
     common = dict(image_size=image_size, batch_size=batch_size, seed=seed)
+    shapes_options = _check_shapes_options(shapes_options, kind)
     if kind == "shapes":
-        return _load_shapes(value, validation_split, common, options, report)
+        return _load_shapes(value, validation_split, common, options, report, shapes_options)
     if kind == "dir":
         if not value:
             raise ValueError(f"`spec` 'dir:PATH' needs a folder path; received {spec!r}.")
@@ -522,7 +528,27 @@ def _eval_options(options, num_classes):
     return {**keep, "num_classes": num_classes, "one_hot": mixing}
 
 
-def _load_shapes(value, validation_split, common, options, report):
+SHAPES_OPTIONS = ("size_range", "noise", "min_shapes", "max_shapes", "classes")
+
+
+def _check_shapes_options(shapes_options, kind):
+    """The `generate_shapes` keywords of `shapes_options`, checked; {} when None."""
+    if shapes_options is None:
+        return {}
+    if not isinstance(shapes_options, dict):
+        raise ValueError("`shapes_options` must be a dict of `generate_shapes` keywords "
+                         f"{SHAPES_OPTIONS}; received {shapes_options!r}.")
+    unknown = sorted(set(shapes_options) - set(SHAPES_OPTIONS))
+    if unknown:
+        raise ValueError(f"`shapes_options` takes the keys {SHAPES_OPTIONS}; received the "
+                         f"unknown {unknown}.")
+    if shapes_options and kind != "shapes":
+        raise ValueError("`shapes_options` only applies to the 'shapes' specs; received "
+                         f"{shapes_options!r} with a {kind!r} spec.")
+    return dict(shapes_options)
+
+
+def _load_shapes(value, validation_split, common, options, report, shapes_options=None):
     try:
         total = int(value) if value else DEFAULT_SHAPES_IMAGES
     except ValueError:
@@ -533,7 +559,8 @@ def _load_shapes(value, validation_split, common, options, report):
             f"`spec` 'shapes:N' needs N large enough for both splits (with "
             f"validation_split={validation_split}); received {value!r}."
         )
-    data = generate_shapes(total, image_size=common["image_size"], seed=common["seed"])
+    data = generate_shapes(total, image_size=common["image_size"], seed=common["seed"],
+                           **(shapes_options or {}))
     num_classes = len(data["class_names"])
     split = total - num_validation
     images, labels = data["images"], data["labels"]

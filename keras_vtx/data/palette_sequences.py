@@ -151,7 +151,7 @@ def load_palette_data(spec="shapes", *, palette, image_size=32, batch_size=64,
 
 def fit_palette(spec_or_dataset="shapes", num_colors=512, image_size=32,
                 max_pixels=1_000_000, seed=0, max_images=None, validation_split=0.2,
-                **fit_options):
+                shapes_options=None, **fit_options):
     """Fits a `ColorPalette` on the training images of a data spec (or on a dataset).
 
     A spec is loaded with `load_classification_data` at `image_size` (the
@@ -170,6 +170,9 @@ def fit_palette(spec_or_dataset="shapes", num_colors=512, image_size=32,
         validation_split: float, held out of a spec without its own validation
             split (as in `load_classification_data`; the palette sees only the
             training images).
+        shapes_options: optional dict, shapes specs only: how the images are
+            drawn (see `load_classification_data`); pass the options of the
+            data the model will see.
         **fit_options: further `ColorPalette.fit` arguments (`iterations`, ...).
 
     Returns:
@@ -188,7 +191,8 @@ def fit_palette(spec_or_dataset="shapes", num_colors=512, image_size=32,
         # Batches of one so that dropping the last incomplete batch drops nothing.
         data = load_classification_data(spec_or_dataset, image_size=image_size, batch_size=1,
                                          seed=seed, flip=False, padding=0,
-                                         validation_split=validation_split)
+                                         validation_split=validation_split,
+                                         shapes_options=shapes_options)
         images = data.train.unbatch().batch(256)
     elif not hasattr(images, "__iter__") and not hasattr(images, "shape"):
         raise ValueError("`spec_or_dataset` must be a data spec string, a tf.data.Dataset, an "

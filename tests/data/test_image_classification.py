@@ -299,6 +299,25 @@ def test_load_classification_data_shapes():
 
 
 @pytest.mark.backend_independent
+def test_shapes_options_draw_the_asked_shapes():
+    from keras_vtx.data.shapes import generate_shapes
+
+    options = {"size_range": (0.6, 0.95), "noise": 0}
+    data = load_classification_data("shapes:20", image_size=16, batch_size=4,
+                                    validation_split=0.2, shapes_options=options)
+    images = np.concatenate([x for x, _ in _batches(data.validation)])
+    expected = generate_shapes(20, image_size=16, seed=0, **options)["images"][16:]
+    np.testing.assert_allclose(images, expected, atol=1e-4)  # the held-out images, as drawn
+    plain = load_classification_data("shapes:20", image_size=16, batch_size=4,
+                                     validation_split=0.2)
+    assert not np.allclose(np.concatenate([x for x, _ in _batches(plain.validation)]), images)
+    with pytest.raises(ValueError, match=r"`shapes_options` takes the keys .*'colour'"):
+        load_classification_data("shapes:20", image_size=16, shapes_options={"colour": 1})
+    with pytest.raises(ValueError, match="only applies to the 'shapes' specs"):
+        load_classification_data("dir:/nowhere", image_size=16, shapes_options={"noise": 0})
+
+
+@pytest.mark.backend_independent
 def test_load_classification_data_mixup_makes_both_splits_one_hot():
     train, validation, _ = load_classification_data("shapes:60", image_size=16, batch_size=8,
                                                     mixup_alpha=0.2)

@@ -64,6 +64,7 @@ def vit_pictures(output, folder):
         plot_patch_embedding_components,
         plot_position_embedding_similarity,
         position_embedding_similarity,
+        uniform_attention_distance,
     )
     from keras_vtx.data.shapes import generate_shapes
     from keras_vtx.models import ViTClassifier
@@ -81,7 +82,10 @@ def vit_pictures(output, folder):
             titles=names),
         "vit_mean_attention_distance.png": plot_mean_attention_distance(
             mean_attention_distance(model, images),
-            os.path.join(folder, "vit_mean_attention_distance.png")),
+            os.path.join(folder, "vit_mean_attention_distance.png"),
+            reference=uniform_attention_distance(
+                tuple(model.backbone.grid_size),
+                model.backbone.image_size[0] / model.backbone.grid_size[0])),
         "vit_patch_embedding_components.png": plot_patch_embedding_components(
             patch_embedding_components(model),
             os.path.join(folder, "vit_patch_embedding_components.png")),

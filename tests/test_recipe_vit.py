@@ -51,6 +51,18 @@ def test_recipe_resumes_reports_and_saves_a_reloadable_preset(tmp_path):
     np.testing.assert_allclose(results["accuracy"], report["accuracy"], atol=1e-6)
     np.testing.assert_allclose(results["loss"], report["loss"], rtol=1e-4)
 
+    # Figure 7: the heads' mean attention distance on the (10) held-out images, drawn
+    # beside a head that attends uniformly (a 4x4 grid of 8-pixel cells).
+    from keras_vtx.analysis import mean_attention_distance, uniform_attention_distance
+
+    images = np.concatenate([x for x, _ in validation.as_numpy_iterator()])
+    attending = ViTClassifier.from_preset(str(output / "preset"), return_attention_scores=True)
+    np.testing.assert_allclose(report["mean_attention_distance"],
+                               mean_attention_distance(attending, images), atol=1e-3)
+    assert np.shape(report["mean_attention_distance"]) == (1, 2)
+    assert report["uniform_attention_distance"] == uniform_attention_distance((4, 4), 8.0)
+    assert os.path.getsize(report["attention_distance_png"]) > 0
+
 
 def test_recipe_rejects_bad_flags(tmp_path):
     recipe = load_recipe("vit_classification")

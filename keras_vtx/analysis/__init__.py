@@ -23,6 +23,7 @@ from keras_vtx.analysis.attention_distance import (
     mean_attention_distance,
     mean_attention_distance_from_scores,
     plot_mean_attention_distance,
+    uniform_attention_distance,
 )
 from keras_vtx.analysis.completion_grid import completion_grid, fill_masked, plot_completion_grid
 from keras_vtx.analysis.detr_attention import (
@@ -89,5 +90,6 @@ __all__ = [
     "position_embedding_similarity",
     "probe_layers",
     "sweep_regularization",
+    "uniform_attention_distance",
     "zero_shot_top_k",
 ]

@@ -184,7 +184,28 @@ def _as_series(distances, labels):
     return out
 
 
-def plot_mean_attention_distance(distances, path, labels=None, dpi=100, figsize=None):
+def uniform_attention_distance(grid_size, patch_size):
+    """The mean attention distance of a head that attends to every patch equally.
+
+    The reference a local head sits well below: for a ViT's grid, the mean
+    pixel distance between the centres of two patches (the query included).
+
+    Args:
+        grid_size: int or `(grid_height, grid_width)` patches.
+        patch_size: number or `(ph, pw)`: the pixels of one grid cell.
+
+    Returns:
+        A float, in pixels.
+
+    Example:
+    >>> round(uniform_attention_distance((2, 2), 10), 4)  # as the uniform example above
+    8.5355
+    """
+    return float(_patch_distances(grid_size, patch_size).mean())
+
+
+def plot_mean_attention_distance(distances, path, labels=None, dpi=100, figsize=None,
+                                 reference=None):
     """The ViT paper's scatter of mean attention distance by network depth; writes a PNG.
 
     One dot per head at x = its layer (1-based). One model's heads are coloured
@@ -199,6 +220,9 @@ def plot_mean_attention_distance(distances, path, labels=None, dpi=100, figsize=
         dpi: int, pixels per inch.
         figsize: `(width, height)` in inches; default (5, 4). The PNG is
             `figsize * dpi` pixels.
+        reference: optional float, drawn as a dashed line: for example
+            `uniform_attention_distance(...)`, where a head that ignores
+            position would sit.
 
     Returns:
         `path`.
@@ -234,11 +258,16 @@ def plot_mean_attention_distance(distances, path, labels=None, dpi=100, figsize=
             x = np.repeat(np.arange(1, layers + 1), heads) + offset
             axes.scatter(x, array.reshape(-1), s=12, alpha=0.8, label=str(label))
         axes.legend(fontsize=7, loc="lower right")
+    if reference is not None:
+        axes.axhline(float(reference), linestyle="--", color="grey", linewidth=1,
+                     label="uniform attention")
+        axes.legend(fontsize=6, ncol=2, loc="lower right", markerscale=0.8)
     axes.set_xlabel("network depth (layer)")
     axes.set_ylabel("mean attention distance (pixels)")
     axes.set_xticks(np.arange(1, max_layers + 1, max(1, max_layers // 12)))
     axes.set_xlim(0.5, max_layers + 0.5)
-    top = max(float(array.max()) for array in series.values())
+    top = max([float(array.max()) for array in series.values()]
+              + ([float(reference)] if reference is not None else []))
     axes.set_ylim(0.0, 1.08 * top if top > 0 else 1.0)
     axes.grid(True, alpha=0.3)
     figure.subplots_adjust(left=0.14, bottom=0.13, right=0.97, top=0.92)

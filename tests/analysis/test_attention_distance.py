@@ -9,6 +9,7 @@ from keras_vtx.analysis.attention_distance import (
     mean_attention_distance,
     mean_attention_distance_from_scores,
     plot_mean_attention_distance,
+    uniform_attention_distance,
 )
 from keras_vtx.analysis.vit_attention import attention_scores
 from keras_vtx.models import ViTBackbone
@@ -61,6 +62,8 @@ def test_uniform_attention_gives_analytic_mean(grid_size, patch_size, prefix):
     expected = _uniform_mean_distance(grid_size, patch_size)
     assert distances.shape == (3, 4)
     np.testing.assert_allclose(distances, expected, rtol=1e-5)
+    np.testing.assert_allclose(uniform_attention_distance(grid_size, patch_size), expected,
+                               rtol=1e-12)
 
 
 @numpy_only
@@ -106,6 +109,11 @@ def test_plot_single_model_png(tmp_path):
     picture = Image.open(path)
     assert picture.format == "PNG" and picture.size == (200, 150)
     assert np.asarray(picture.convert("RGB"), "float32").std() > 0
+    # The uniform-attention reference is drawn (a dashed line above every dot).
+    lined = plot_mean_attention_distance(distances, tmp_path / "lined.png", labels="ViT-B/16",
+                                         dpi=50, figsize=(4.0, 3.0), reference=150.0)
+    assert np.abs(np.asarray(Image.open(lined).convert("RGB"), "float32")
+                  - np.asarray(picture.convert("RGB"), "float32")).max() > 0
 
 
 @numpy_only

@@ -271,7 +271,7 @@ def main(argv=None, callbacks=None):
                                                      ks=(1, min(5, len(data.class_names))))
             paper = paper_comparisons(model, tokenizer, data, images, image_embeddings,
                                       templates)
-    model.save_to_preset(os.path.join(output, "preset"))
+    model.save_to_preset(os.path.join(output, "preset"), overwrite=True)
 
     report = {
         "preset": args.preset,

@@ -263,7 +263,7 @@ def main(argv=None, callbacks=None):
         metrics = evaluation.evaluate()
         eval_seconds = time.perf_counter() - eval_start
         drawn = draw_examples(model, validation, info, output, args.draw) if args.draw else []
-    model.save_to_preset(os.path.join(output, "preset"))
+    model.save_to_preset(os.path.join(output, "preset"), overwrite=True)
 
     report = {
         "preset": args.preset,

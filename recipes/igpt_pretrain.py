@@ -495,7 +495,7 @@ def train_and_probe(args, callbacks=None):
             verbose=args.verbose,
         )
         results = model.evaluate(validation, return_dict=True, verbose=0)
-    model.save_to_preset(os.path.join(output, "preset"))
+    model.save_to_preset(os.path.join(output, "preset"), overwrite=True)
 
     probe_start = time.perf_counter()
     probes = run_probes(args, model, data, output)

@@ -222,7 +222,7 @@ def main(argv=None, callbacks=None):
             verbose=args.verbose,
         )
         results = model.evaluate(validation, return_dict=True, verbose=0)
-    model.save_to_preset(os.path.join(output, "preset"))
+    model.save_to_preset(os.path.join(output, "preset"), overwrite=True)
     distances = attention_distances(os.path.join(output, "preset"), validation, output)
 
     top_k = min(5, len(data.class_names))

@@ -182,7 +182,7 @@ VIT = notebook_cells("vit_fine_tuning", """\
         from keras_vtx.analysis.vit_attention import attention_maps, plot_attention_maps
 
         preset_dir = os.path.join(OUTPUT, "preset")
-        model.save_to_preset(preset_dir)
+        model.save_to_preset(preset_dir, overwrite=True)
         attention_model = ViTClassifier.from_preset(preset_dir, return_attention_scores=True)
 
         images, labels = next(iter(data.validation.unbatch().batch(8)))
@@ -355,7 +355,7 @@ CLIP = notebook_cells("clip_zero_shot_and_training", """\
         from keras_vtx.analysis.vit_attention import attention_maps, plot_attention_maps
 
         preset_dir = os.path.join(OUTPUT, "preset")
-        model.save_to_preset(preset_dir)
+        model.save_to_preset(preset_dir, overwrite=True)
         attention_model = CLIP.from_preset(preset_dir,
                                            image_encoder={"return_attention_scores": True})
         maps = attention_maps(attention_model, images[:8], method="rollout")
@@ -533,7 +533,7 @@ DETR = notebook_cells("detr_coco_format", """\
         )
 
         preset_dir = os.path.join(OUTPUT, "preset")
-        model.save_to_preset(preset_dir)
+        model.save_to_preset(preset_dir, overwrite=True)
         attention_model = DETR.from_preset(preset_dir, return_attention_scores=True)
 
         one_image, one_mask = x["images"][:1], x["pixel_mask"][:1]

@@ -16,8 +16,16 @@ def get_model_class(class_name):
 def load_saved_preset(path):
     """Rebuilds the model saved in a `save_to_preset()` directory, weights included."""
     record = presets.read_preset_record(path)
+    presets.check_preset_files(path, record)
     model = get_model_class(record["class_name"]).from_config(record["config"])
-    model.load_weights(f"{path}/{presets.WEIGHTS_FILE}")
+    weights = f"{path}/{presets.WEIGHTS_FILE}"
+    try:
+        model.load_weights(weights)
+    except (OSError, ValueError) as e:  # h5py's messages name no file
+        raise ValueError(
+            f"Could not read the weights {weights!r} of the preset {path!r} ({e}): the file is "
+            "truncated, damaged or from another model; save the preset again."
+        ) from e
     return model
 
 
@@ -107,6 +115,10 @@ class Backbone(keras.Model):
         transfer_weights(saved, model)
         return model
 
-    def save_to_preset(self, path):
-        """Writes the config and weights to the directory `path` (reload with `from_preset`)."""
-        presets.save_preset(self, path)
+    def save_to_preset(self, path, overwrite=False):
+        """Writes the config and weights to the directory `path` (reload with `from_preset`).
+
+        The weights' SHA-256 is recorded and checked on loading. A directory
+        that already holds a preset is only replaced with `overwrite=True`.
+        """
+        presets.save_preset(self, path, overwrite=overwrite)

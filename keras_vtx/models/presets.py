@@ -10,6 +10,7 @@ A preset is one of:
 """
 
 import difflib
+import hashlib
 import json
 import os
 
@@ -163,22 +164,80 @@ def _hub_patterns(huggingface_hub, repo_id):
     return patterns
 
 
-def save_preset(model, path):
-    """Writes `model`'s config and weights to the directory `path`."""
+def save_preset(model, path, overwrite=False):
+    """Writes `model`'s config and weights to the directory `path`.
+
+    The record (`keras_vtx_preset.json`) holds the SHA-256 and size of the
+    weights file, which `load_saved_preset` checks. A directory that already
+    holds a preset is only replaced with `overwrite=True`.
+    """
+    existing = [f for f in (PRESET_FILE, WEIGHTS_FILE) if os.path.exists(os.path.join(path, f))]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"Directory {os.fspath(path)!r} already holds a preset ({', '.join(existing)}); "
+            "pass `overwrite=True` to replace it, or choose another directory."
+        )
     os.makedirs(path, exist_ok=True)
+    weights = os.path.join(path, WEIGHTS_FILE)
+    model.save_weights(weights)
     record = {
         "class_name": type(model).__name__,
         "config": model.get_config(),
         "keras_version": keras.__version__,
+        "files": {WEIGHTS_FILE: {"sha256": file_sha256(weights),
+                                 "bytes": os.path.getsize(weights)}},
     }
     with open(os.path.join(path, PRESET_FILE), "w") as f:
         json.dump(record, f, indent=2, default=_json_default)
-    model.save_weights(os.path.join(path, WEIGHTS_FILE))
+
+
+def file_sha256(path):
+    """The SHA-256 of a file's bytes, as hex, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def read_preset_record(path):
-    with open(os.path.join(path, PRESET_FILE)) as f:
-        return json.load(f)
+    """The parsed `keras_vtx_preset.json` of the preset directory `path`."""
+    file = os.path.join(path, PRESET_FILE)
+    try:
+        with open(file, encoding="utf-8") as f:
+            record = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"The preset file {file!r} is not valid JSON ({e}): the preset is damaged; save "
+            "it again with `save_to_preset` or restore the file."
+        ) from None
+    if not isinstance(record, dict) or "class_name" not in record or "config" not in record:
+        raise ValueError(
+            f"The preset file {file!r} must hold an object with 'class_name' and 'config' "
+            f"(written by `save_to_preset`); received {type(record).__name__} "
+            f"{sorted(record) if isinstance(record, dict) else ''}."
+        )
+    return record
+
+
+def check_preset_files(path, record):
+    """Raises a `ValueError` naming the file whose size or SHA-256 differs from the record.
+
+    Presets written before checksums were recorded (no `"files"`) pass unchecked.
+    """
+    for name, expected in (record.get("files") or {}).items():
+        file = os.path.join(path, name)
+        if not os.path.exists(file):
+            raise ValueError(f"The preset {os.fspath(path)!r} lacks its file {name!r}.")
+        size = os.path.getsize(file)
+        if size != expected.get("bytes", size) or file_sha256(file) != expected.get("sha256"):
+            raise ValueError(
+                f"The preset file {file!r} does not match the checksum recorded in "
+                f"{PRESET_FILE} ({expected.get('bytes')} bytes, sha256 "
+                f"{str(expected.get('sha256'))[:16]}...; found {size} bytes, sha256 "
+                f"{file_sha256(file)[:16]}...): it is corrupted or was replaced. Save the "
+                "preset again or restore the file."
+            )
 
 
 def _json_default(value):

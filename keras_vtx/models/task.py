@@ -134,9 +134,13 @@ class TaskPresets:
                 a.assign(b.value)
         return model
 
-    def save_to_preset(self, path):
-        """Writes the config and weights to the directory `path` (reload with `from_preset`)."""
-        presets.save_preset(self, path)
+    def save_to_preset(self, path, overwrite=False):
+        """Writes the config and weights to the directory `path` (reload with `from_preset`).
+
+        The weights' SHA-256 is recorded and checked on loading. A directory
+        that already holds a preset is only replaced with `overwrite=True`.
+        """
+        presets.save_preset(self, path, overwrite=overwrite)
 
 
 class Task(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):

@@ -185,3 +185,59 @@ def test_register_duplicate_and_unknown_names():
 def test_directory_that_is_not_a_preset(tmp_path):
     with pytest.raises(ValueError, match="is not a preset"):
         ViTClassifier.from_preset(tmp_path)
+
+
+def _tiny_classifier():
+    return ViTClassifier(ViTBackbone(image_size=8, patch_size=4, num_layers=1, hidden_dim=8,
+                                     num_heads=2, mlp_dim=8), num_classes=3)
+
+
+def test_save_to_preset_refuses_to_replace_a_preset(tmp_path):
+    from keras_vtx.models import ImageGPT
+
+    path = tmp_path / "preset"
+    model = _tiny_classifier()
+    model.save_to_preset(str(path))
+    other = ImageGPT.from_preset("igpt_tiny_test")
+    with pytest.raises(FileExistsError, match=r"already holds a preset .*overwrite=True"):
+        other.save_to_preset(str(path))
+    # Untouched: still the ViT, with its weights.
+    again = ViTClassifier.from_preset(str(path))
+    images = np.zeros((1, 8, 8, 3), "float32")
+    np.testing.assert_allclose(to_numpy(again(images)), to_numpy(model(images)))
+    other.save_to_preset(str(path), overwrite=True)
+    assert type(ImageGPT.from_preset(str(path))).__name__ == "ImageGPT"
+    (tmp_path / "empty").mkdir()  # an existing directory without a preset is fine
+    model.save_to_preset(str(tmp_path / "empty"))
+
+
+def test_a_corrupted_weights_file_is_named(tmp_path):
+    path = tmp_path / "preset"
+    _tiny_classifier().save_to_preset(str(path))
+    record = json.loads((path / "keras_vtx_preset.json").read_text())
+    weights = path / "model.weights.h5"
+    assert record["files"]["model.weights.h5"]["bytes"] == weights.stat().st_size
+    data = bytearray(weights.read_bytes())
+    data[-200] ^= 0xFF  # one flipped byte
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"model\.weights\.h5.* does not match the checksum"):
+        ViTClassifier.from_preset(str(path))
+    # A preset written before checksums were recorded loads without the check; a truncated
+    # weights file then names itself.
+    del record["files"]
+    (path / "keras_vtx_preset.json").write_text(json.dumps(record))
+    weights.write_bytes(bytes(data[:1000]))
+    with pytest.raises(ValueError, match=r"Could not read the weights .*model\.weights\.h5"):
+        ViTClassifier.from_preset(str(path))
+
+
+@pytest.mark.parametrize("text, match", [("{not json", "is not valid JSON"),
+                                         ("[1, 2]", "must hold an object with 'class_name'")])
+def test_a_damaged_preset_record_is_named(tmp_path, text, match):
+    path = tmp_path / "preset"
+    _tiny_classifier().save_to_preset(str(path))
+    (path / "keras_vtx_preset.json").write_text(text)
+    with pytest.raises(ValueError, match=match + r"|keras_vtx_preset\.json"):
+        ViTClassifier.from_preset(str(path))
+    with pytest.raises(ValueError, match=r"keras_vtx_preset\.json"):
+        ViTClassifier.from_preset(str(path))

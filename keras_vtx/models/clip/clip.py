@@ -403,9 +403,13 @@ class CLIP(OptimizerBuiltBeforeFit, keras.Model):
         text.update(overrides.pop("text_encoder", {}))
         return cls(ViTBackbone(**image), CLIPTextEncoder(**text), **{**config, **overrides})
 
-    def save_to_preset(self, path):
-        """Writes the config and weights to the directory `path` (reload with `from_preset`)."""
-        presets.save_preset(self, path)
+    def save_to_preset(self, path, overwrite=False):
+        """Writes the config and weights to the directory `path` (reload with `from_preset`).
+
+        The weights' SHA-256 is recorded and checked on loading. A directory
+        that already holds a preset is only replaced with `overwrite=True`.
+        """
+        presets.save_preset(self, path, overwrite=overwrite)
 
     @classmethod
     def from_config(cls, config):

@@ -5,6 +5,19 @@ import os
 import time
 
 import keras
+import numpy as np
+
+
+def first_examples(dataset, count):
+    """The first `count` `(inputs, labels)` of a batched dataset, as NumPy arrays."""
+    inputs, labels, seen = [], [], 0
+    for batch_inputs, batch_labels in dataset.as_numpy_iterator():
+        inputs.append(batch_inputs)
+        labels.append(batch_labels)
+        seen += len(batch_inputs)
+        if seen >= count:
+            break
+    return np.concatenate(inputs)[:count], np.concatenate(labels)[:count]
 
 
 class Throughput(keras.callbacks.Callback):

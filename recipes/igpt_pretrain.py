@@ -60,7 +60,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from recipes._common import replicas_and_scope, training_callbacks  # noqa: E402
+from recipes._common import (  # noqa: E402
+    first_examples,
+    replicas_and_scope,
+    training_callbacks,
+)
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 OBJECTIVES = ("autoregressive", "bert")
@@ -279,25 +283,13 @@ def _grid(rows, path, cell=64, gap=2):
     return path
 
 
-def _first_examples(dataset, count):
-    """The first `count` `(pixel_ids, labels)` of a batched dataset, as NumPy."""
-    ids, labels, seen = [], [], 0
-    for batch_ids, batch_labels in dataset.as_numpy_iterator():
-        ids.append(batch_ids)
-        labels.append(batch_labels)
-        seen += len(batch_ids)
-        if seen >= count:
-            break
-    return np.concatenate(ids)[:count], np.concatenate(labels)[:count]
-
-
 def draw_completions(args, model, palette, validation, output):
     """Top halves of validation images completed by the model, then sampled images."""
     from keras_vtx.analysis import completion_grid, plot_completion_grid
 
     paths = {}
     if args.completions:
-        ids, _ = _first_examples(validation, args.completions)
+        ids, _ = first_examples(validation, args.completions)
         grid = completion_grid(model, pixel_ids=ids, num_samples=args.samples_per_image,
                                seed=args.seed, temperature=args.temperature, top_k=args.top_k)
         paths["completions"] = plot_completion_grid(
@@ -321,8 +313,8 @@ def run_probes(args, model, data, output):
     """
     from keras_vtx.models.igpt.image_gpt_features import probe_image_gpt
 
-    train = _first_examples(data.train, args.probe_examples)
-    test = _first_examples(data.validation, data.num_validation)
+    train = first_examples(data.train, args.probe_examples)
+    test = first_examples(data.validation, data.num_validation)
     num_masks = args.probe_masks if args.objective == "bert" else 1
     options = {}
     if args.probe_regularization is not None:

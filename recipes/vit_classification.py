@@ -41,7 +41,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
-from recipes._common import replicas_and_scope, training_callbacks  # noqa: E402
+from recipes._common import (  # noqa: E402
+    first_examples,
+    replicas_and_scope,
+    training_callbacks,
+)
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 AUGMENTATIONS = ("auto", "none", "flip", "crop_flip", "randaugment")
@@ -131,13 +135,7 @@ def attention_distances(preset, validation, output, count=64):
     )
     from keras_vtx.models import ViTClassifier
 
-    batches, seen = [], 0
-    for batch, _ in validation.as_numpy_iterator():
-        batches.append(batch)
-        seen += len(batch)
-        if seen >= count:
-            break
-    images = np.concatenate(batches)[:count]
+    images, _ = first_examples(validation, count)
     model = ViTClassifier.from_preset(preset, return_attention_scores=True)
     distances = mean_attention_distance(model, images)
     backbone = model.backbone

@@ -229,14 +229,14 @@ def check_preset_files(path, record):
         file = os.path.join(path, name)
         if not os.path.exists(file):
             raise ValueError(f"The preset {os.fspath(path)!r} lacks its file {name!r}.")
-        size = os.path.getsize(file)
-        if size != expected.get("bytes", size) or file_sha256(file) != expected.get("sha256"):
+        size, digest = os.path.getsize(file), file_sha256(file)
+        if size != expected.get("bytes", size) or digest != expected.get("sha256"):
             raise ValueError(
                 f"The preset file {file!r} does not match the checksum recorded in "
                 f"{PRESET_FILE} ({expected.get('bytes')} bytes, sha256 "
                 f"{str(expected.get('sha256'))[:16]}...; found {size} bytes, sha256 "
-                f"{file_sha256(file)[:16]}...): it is corrupted or was replaced. Save the "
-                "preset again or restore the file."
+                f"{digest[:16]}...): it is corrupted or was replaced. Save the preset again "
+                "or restore the file."
             )
 
 

@@ -237,7 +237,6 @@ def test_a_damaged_preset_record_is_named(tmp_path, text, match):
     path = tmp_path / "preset"
     _tiny_classifier().save_to_preset(str(path))
     (path / "keras_vtx_preset.json").write_text(text)
-    with pytest.raises(ValueError, match=match + r"|keras_vtx_preset\.json"):
+    with pytest.raises(ValueError, match=match) as error:
         ViTClassifier.from_preset(str(path))
-    with pytest.raises(ValueError, match=r"keras_vtx_preset\.json"):
-        ViTClassifier.from_preset(str(path))
+    assert str(path / "keras_vtx_preset.json") in str(error.value)

@@ -1,6 +1,5 @@
 """Converters from reference checkpoint layouts (Hugging Face transformers)."""
 
-import json
 import os
 
 
@@ -9,8 +8,9 @@ def load_transformers_checkpoint(path, cls, **kwargs):
 
     Dispatches on the `model_type` of `config.json`.
     """
-    with open(os.path.join(path, "config.json")) as f:
-        config = json.load(f)
+    from keras_vtx.convert.checkpoint_files import read_json
+
+    config = read_json(os.path.join(path, "config.json"))
     model_type = config.get("model_type")
     if model_type == "vit":
         from keras_vtx.convert.vit import load_vit

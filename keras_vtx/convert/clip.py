@@ -7,11 +7,11 @@ tower a `CLIPTextEncoder`, and `visual_projection` / `text_projection` /
 loads into `CLIPTextEncoder` or `ViTBackbone` alone (that tower only).
 """
 
-import json
 import os
 
 import numpy as np
 
+from keras_vtx.convert.checkpoint_files import read_json
 from keras_vtx.convert.vit import _ACTIVATIONS, _set, read_state_dict
 
 _TRANSFORMS = {
@@ -242,8 +242,7 @@ def _preprocessing(path):
     file = os.path.join(path, "preprocessor_config.json")
     processor = {}
     if os.path.exists(file):
-        with open(file) as f:
-            processor = json.load(f)
+        processor = read_json(file)
     if not processor.get("do_normalize", True):
         return {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
     return {

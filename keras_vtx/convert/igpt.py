@@ -8,11 +8,11 @@ when the directory has one. transformers' `Conv1D` stores kernels as
 projections side by side.
 """
 
-import json
 import os
 
 import numpy as np
 
+from keras_vtx.convert.checkpoint_files import read_json
 from keras_vtx.convert.vit import _set, read_state_dict
 
 # Keras variable (relative to block i) -> (transformers key relative to `h.{i}.`, slice of
@@ -151,8 +151,7 @@ def _palette(path):
     file = os.path.join(path, "preprocessor_config.json")
     if not os.path.exists(file):
         return None
-    with open(file) as f:
-        processor = json.load(f)
+    processor = read_json(file)
     if "clusters" not in processor:
         return None
     from keras_vtx.models.igpt.color_palette import ColorPalette

@@ -7,11 +7,12 @@ through the name table below, and config overrides (a new `image_size`, a new
 resolution resamples the position embeddings with PyTorch's bicubic kernel.
 """
 
-import json
 import os
 import re
 
 import numpy as np
+
+from keras_vtx.convert.checkpoint_files import read_json, read_weights
 
 # Keras variable (relative to the backbone) -> transformers key (without `vit.`),
 # and how the tensor is laid out there. `{i}` is the block index.
@@ -205,12 +206,14 @@ def read_state_dict(path):
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.exists(single) or os.path.exists(index):
         if os.path.exists(single):
-            return _load_safetensors(single)
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+            return read_weights(single, _load_safetensors)
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"The checkpoint file {index!r} has no 'weight_map' object: "
+                             "it is damaged; download the checkpoint again.")
         weights = {}
-        for shard in shards:
-            weights.update(_load_safetensors(os.path.join(path, shard)))
+        for shard in sorted(set(weight_map.values())):
+            weights.update(read_weights(os.path.join(path, shard), _load_safetensors))
         return weights
     binary = os.path.join(path, "pytorch_model.bin")
     if os.path.exists(binary):
@@ -221,7 +224,8 @@ def read_state_dict(path):
                 f"{binary!r} is a PyTorch pickle; reading it needs torch (or convert the "
                 "checkpoint to model.safetensors)."
             ) from e
-        state = torch.load(binary, map_location="cpu", weights_only=True)
+        state = read_weights(
+            binary, lambda file: torch.load(file, map_location="cpu", weights_only=True))
         return {k: v.detach().float().numpy() for k, v in state.items()}
     raise ValueError(
         f"No weights in {path!r}: expected model.safetensors, model.safetensors.index.json "
@@ -315,8 +319,7 @@ def _preprocessing(path, num_channels, task_kwargs):
     file = os.path.join(path, "preprocessor_config.json")
     processor = {}
     if os.path.exists(file):
-        with open(file) as f:
-            processor = json.load(f)
+        processor = read_json(file)
     if processor.get("do_normalize", True):
         mean = tuple(processor.get("image_mean", mean))
         std = tuple(processor.get("image_std", std))

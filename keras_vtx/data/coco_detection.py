@@ -68,6 +68,7 @@ from keras_vtx.data.image_classification import (
 )
 from keras_vtx.data.image_files import _decoder, check_bad_files
 from keras_vtx.data.shapes import export_shapes_coco
+from keras_vtx.data.text_files import utf8_error
 
 logger = logging.getLogger("keras_vtx.data")
 
@@ -140,6 +141,13 @@ def _load_json(annotation_file):
             coco = json.load(f)
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}: not valid JSON: {error}.") from error
+        except UnicodeDecodeError as error:
+            raise utf8_error(path, error) from error
+    if not isinstance(coco, dict):
+        raise ValueError(
+            f"{path}: expected a COCO JSON object with 'images', 'annotations' and "
+            f"'categories'; received a JSON {type(coco).__name__} at the top level."
+        )
     return coco, path
 
 
@@ -721,9 +729,11 @@ def load_detection_data(spec="shapes", *, batch_size=8, image_dir=None, val_anno
 
 def _hold_out(path, validation_split, seed):
     """Splits a JSON's images in two, written as two JSONs under the temporary folder."""
-    with open(path, encoding="utf-8") as f:
-        coco = json.load(f)
-    images = coco["images"]
+    coco, _ = _load_json(path)
+    images = coco.get("images")
+    if not isinstance(images, list):
+        raise ValueError(f"{path}: expected an 'images' list; received "
+                         f"{type(images).__name__}.")
     order = np.random.default_rng(seed).permutation(len(images))
     num_validation = int(round(len(images) * validation_split))
     if not 1 <= num_validation < len(images):

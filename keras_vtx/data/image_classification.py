@@ -528,7 +528,7 @@ def _eval_options(options, num_classes):
     return {**keep, "num_classes": num_classes, "one_hot": mixing}
 
 
-SHAPES_OPTIONS = ("size_range", "noise", "min_shapes", "max_shapes", "classes")
+SHAPES_OPTIONS = ("size_range", "noise", "min_shapes", "max_shapes", "classes", "background")
 
 
 def _check_shapes_options(shapes_options, kind):

@@ -56,6 +56,7 @@ from keras_vtx.data.image_classification import (
 from keras_vtx.data.image_files import _decoder, check_bad_files
 from keras_vtx.data.image_text_data import ImageTextData
 from keras_vtx.data.shapes import generate_shapes
+from keras_vtx.data.text_files import utf8_error, utf8_lines
 
 CAPTION_MODES = ("sample", "first", "flatten")
 PAIR_FILE_EXTENSIONS = (".csv", ".tsv", ".jsonl")
@@ -140,6 +141,8 @@ def pairs_from_csv(path, image_root=None, image_column="image", caption_column="
                 line = reader.line_num + 1
         except csv.Error as error:
             raise ValueError(f"{path}, line {reader.line_num}: malformed CSV: {error}.") from error
+        except UnicodeDecodeError as error:
+            raise utf8_error(path, error) from error
     if not paths:
         raise ValueError(f"CSV file {path!r} has a header but no (image, caption) rows.")
     return paths, captions
@@ -185,7 +188,7 @@ def pairs_from_jsonl(path, image_root=None, image_column="image", caption_column
     root = _resolve_root(path, image_root)
     paths, captions = [], []
     with open(path, encoding="utf-8-sig") as f:
-        for line, text in enumerate(f, start=1):
+        for line, text in enumerate(utf8_lines(f, path), start=1):
             if not text.strip():
                 continue
             try:

@@ -89,6 +89,7 @@ def generate_shapes(
     size_range=(0.3, 0.8),
     noise=10.0,
     classes=SHAPE_CLASSES,
+    background="dark",
 ):
     """Draws `num_images` images of coloured shapes with labels, boxes and captions.
 
@@ -109,6 +110,10 @@ def generate_shapes(
             to the whole image (0 gives flat backgrounds and flat shapes).
         classes: the shape names to draw from, a subset of `SHAPE_CLASSES`;
             labels index into this tuple.
+        background: `"dark"` (a random dark grey-ish colour, far from every
+            shape colour) or `"color"` (one of the named colours, and the
+            shapes in other named colours, so that which colour is the shape
+            and which the background differs from image to image).
 
     Returns:
         A dict with
@@ -143,6 +148,8 @@ def generate_shapes(
         )
     if noise < 0:
         raise ValueError(f"`noise` must be >= 0; received {noise!r}.")
+    if background not in ("dark", "color"):
+        raise ValueError(f"`background` must be 'dark' or 'color'; received {background!r}.")
     classes = tuple(classes)
     unknown = [c for c in classes if c not in SHAPE_CLASSES]
     if not classes or unknown:
@@ -163,6 +170,10 @@ def generate_shapes(
     backgrounds = rng.uniform(0, 70, size=(n, 1, 1, 3)).astype("float32")
     images[:] = backgrounds
     for i in range(n):
+        background_color = None
+        if background == "color":
+            background_color = int(rng.integers(len(COLOR_NAMES)))
+            images[i] = _COLOR_VALUES[background_color]
         count = int(rng.integers(min_shapes, max_shapes + 1))
         taken = np.zeros((s, s), bool)  # previous boxes, grown by a 1-pixel margin
         phrases = []
@@ -197,7 +208,11 @@ def generate_shapes(
                     "or `size_range`, or raise `image_size`."
                 )
             taken[max(y0 - 1, 0):y1 + 1, max(x0 - 1, 0):x1 + 1] = True
-            color = int(rng.integers(len(COLOR_NAMES)))
+            if background_color is None:
+                color = int(rng.integers(len(COLOR_NAMES)))
+            else:  # any named colour but the background's
+                color = int(rng.integers(len(COLOR_NAMES) - 1))
+                color += color >= background_color
             images[i][mask] = _COLOR_VALUES[color]
             box = ((x0 + x1) / 2 / s, (y0 + y1) / 2 / s, (x1 - x0) / s, (y1 - y0) / s)
             boxes[i, placed] = box

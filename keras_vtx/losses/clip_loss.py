@@ -112,9 +112,9 @@ class CLIPLoss(keras.losses.Loss):
         del y_true
         logits = ops.cast(y_pred, "float32")
         shape = tuple(logits.shape)
-        if len(shape) != 2 or (None not in shape and shape[0] != shape[1]):
+        if len(shape) != 2 or (None not in shape and shape[0] != shape[1]) or 0 in shape:
             raise ValueError(
-                "`y_pred` must be the square logits matrix `(batch, batch)` "
+                "`y_pred` must be the square logits matrix `(batch, batch)` with batch >= 1 "
                 f"(logits_per_image); received shape {shape}."
             )
         positives = ops.diagonal(logits)
@@ -206,6 +206,11 @@ def _check_embeddings(image_embeddings, text_embeddings, logit_scale):
                 f"`{name}` must have rank 2, `(batch, dim)`; received shape {tuple(x.shape)}."
             )
     image_shape, text_shape = tuple(image.shape), tuple(text.shape)
+    if image_shape[0] == 0 or text_shape[0] == 0:
+        raise ValueError(
+            "`image_embeddings` and `text_embeddings` need a batch of at least 1 pair; "
+            f"received shapes {image_shape} and {text_shape}."
+        )
     if (
         None not in (image_shape[0], text_shape[0]) and image_shape[0] != text_shape[0]
     ) or (None not in (image_shape[1], text_shape[1]) and image_shape[1] != text_shape[1]):

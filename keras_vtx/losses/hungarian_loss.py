@@ -35,6 +35,12 @@ class HungarianLoss(keras.losses.Loss):
     - `loss_giou`: `1 - GIoU` of matched boxes, summed, divided by
       `num_boxes`.
 
+    A prediction that is not finite (a NaN or infinite logit or box of any
+    query, matched or not, in any layer) makes every loss component of its
+    layer NaN, so that `keras.callbacks.TerminateOnNaN` and dynamic loss
+    scaling see it; otherwise the matcher would leave that query unmatched and
+    the loss would look healthy.
+
     `num_boxes` is the number of real targets in the batch, at least 1. The
     same losses are computed for each entry of `y_pred["aux_outputs"]` (the
     intermediate decoder layers, each matched on its own) and the loss is
@@ -236,10 +242,16 @@ class HungarianLoss(keras.losses.Loss):
         def per_layer(x):
             return ops.sum(ops.reshape(x, (num_layers, -1)), axis=1)
 
+        # A NaN or infinite prediction would otherwise vanish: the matcher never picks
+        # its query, whose box then reaches no term. 0 while every prediction is finite,
+        # NaN as soon as one is not, per layer, so the loss shows it (TerminateOnNaN,
+        # loss scaling) without changing any gradient of a finite batch.
+        poison = 0.0 * (per_layer(_non_finite_sum(logits)) + per_layer(
+            _non_finite_sum(pred_boxes)))
         ce_sum, ce_weight = per_layer(ce[0]), per_layer(ce[1])
-        loss_ce = ce_sum / ce_weight * share
-        loss_bbox = per_layer(l1) / num_boxes * share
-        loss_giou = per_layer(giou) / num_boxes * share
+        loss_ce = ce_sum / ce_weight * share + poison
+        loss_bbox = per_layer(l1) / num_boxes * share + poison
+        loss_giou = per_layer(giou) / num_boxes * share + poison
         losses = {}
         for layer in range(num_layers):
             suffix = "" if layer == 0 else f"_{layer - 1}"
@@ -511,6 +523,15 @@ def validate_targets(y_true, num_classes=None):
             f'`y_true["boxes"]` must be {problem} for every real box (label >= 0); '
             f"received {real[index].tolist()} at {where}."
         )
+
+
+def _non_finite_sum(x):
+    """Per image, the sum of `x`'s non-finite entries: 0 when all are finite, else NaN or inf.
+
+    Finite entries count as 0, so large finite values cannot overflow into a false alarm.
+    """
+    kept = ops.where(ops.isfinite(x), ops.zeros_like(x), x)
+    return ops.sum(ops.reshape(kept, (ops.shape(x)[0], -1)), axis=1)
 
 
 def _same(a, b):

@@ -1,6 +1,8 @@
 import keras
 from keras import ops
 
+from keras_vtx.ops.normalize import l2_normalize
+
 _MEAN_REDUCTIONS = ("sum_over_batch_size", "mean")
 
 
@@ -101,9 +103,8 @@ class SupConLoss(keras.losses.Loss):
                 f"batch; received labels of shape {tuple(y_true.shape)} and features of "
                 f"shape {tuple(y_pred.shape)}."
             )
-        features = features * ops.rsqrt(
-            ops.maximum(ops.sum(ops.square(features), axis=-1, keepdims=True), 1e-12)
-        )
+        # An all-zero feature vector passes no gradient (not 1e6 x the loss's), as in CLIP.
+        features = l2_normalize(features, axis=-1, epsilon=1e-6)
         n_views = features.shape[1]
         # Views-major order: anchor v * batch + b is view v of sample b.
         anchors = ops.reshape(ops.transpose(features, (1, 0, 2)), (-1, features.shape[2]))

@@ -14,6 +14,7 @@ from keras_vtx.ops.linear_sum_assignment import (
     linear_sum_assignment,
     scipy_linear_sum_assignment,
 )
+from keras_vtx.ops.normalize import l2_normalize
 from keras_vtx.ops.subsample import subsample
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "box_xywh_to_xyxy",
     "box_xyxy_to_cxcywh",
     "generalized_box_iou",
+    "l2_normalize",
     "linear_sum_assignment",
     "pairwise_box_iou",
     "pairwise_generalized_box_iou",

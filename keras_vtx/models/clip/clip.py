@@ -9,7 +9,9 @@ from keras_vtx.models import presets
 from keras_vtx.models.backbone import load_saved_preset, transfer_weights
 from keras_vtx.models.clip.clip_text_encoder import CLIPTextEncoder
 from keras_vtx.models.task import OptimizerBuiltBeforeFit
+from keras_vtx.models.token_ids import CheckedTokenIds
 from keras_vtx.models.vit import ViTBackbone
+from keras_vtx.ops.normalize import l2_normalize
 
 # The released models' preprocessing (pixels in [0, 1]), from the reference
 # implementation's image transform.
@@ -44,7 +46,7 @@ class MaxValue(keras.constraints.Constraint):
 
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
-class CLIP(OptimizerBuiltBeforeFit, keras.Model):
+class CLIP(CheckedTokenIds, OptimizerBuiltBeforeFit, keras.Model):
     """Contrastive Language-Image Pre-training (Radford et al., ICML 2021).
 
     An image encoder (a `ViTBackbone` configured as CLIP's: a LayerNorm before
@@ -71,7 +73,8 @@ class CLIP(OptimizerBuiltBeforeFit, keras.Model):
             the forward pass and, as a constraint, to the variable after every
             optimizer step.
         normalize_epsilon: float, guards the L2 normalisation of an all-zero
-            embedding.
+            embedding: shorter embeddings are divided by it and pass no
+            gradient back (`keras_vtx.ops.l2_normalize`).
         dtype: dtype or dtype policy of the encoders; embeddings and logits
             are always float32.
 
@@ -184,9 +187,7 @@ class CLIP(OptimizerBuiltBeforeFit, keras.Model):
     # --- Forward pass ---
 
     def _normalize(self, x):
-        x = ops.cast(x, "float32")
-        squared = ops.sum(ops.square(x), axis=-1, keepdims=True)
-        return x * ops.rsqrt(ops.maximum(squared, self.normalize_epsilon**2))
+        return l2_normalize(ops.cast(x, "float32"), axis=-1, epsilon=self.normalize_epsilon)
 
     def _image_embeddings(self, images, training=None):
         x = self.preprocessing(images) if self.preprocessing is not None else images
@@ -200,6 +201,11 @@ class CLIP(OptimizerBuiltBeforeFit, keras.Model):
     def clipped_logit_scale(self):
         """The log scale used in the logits: `logit_scale` clipped at `logit_scale_max`."""
         return ops.minimum(ops.convert_to_tensor(self.logit_scale), self.logit_scale_max)
+
+    def token_id_checks(self):
+        """The token ids of `fit`/`evaluate`/`predict` data: `x["token_ids"]`."""
+        return [("token_ids", "token_ids", self.text_encoder.vocabulary_size,
+                 "token ids of the vocabulary")]
 
     def call(self, inputs, training=None):
         images, token_ids = self._split_inputs(inputs)

@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_vtx.layers import PositionEmbedding, TransformerEncoderBlock
 from keras_vtx.models.backbone import Backbone
+from keras_vtx.models.token_ids import CheckedTokenIds, check_id_values
 
 # CLIP's byte-level BPE vocabulary: 49406 is <|startoftext|>, 49407 <|endoftext|>.
 CLIP_VOCABULARY_SIZE = 49408
@@ -10,7 +11,7 @@ CLIP_END_TOKEN_ID = 49407
 
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
-class CLIPTextEncoder(Backbone):
+class CLIPTextEncoder(CheckedTokenIds, Backbone):
     """CLIP's text tower: a causal transformer read out at the end-of-text token.
 
     Token and learned position embeddings feed pre-LayerNorm transformer blocks
@@ -178,6 +179,10 @@ class CLIPTextEncoder(Backbone):
         dtype = keras.backend.standardize_dtype(inputs.dtype)
         if "int" not in dtype:
             raise TypeError(f"`token_ids` must be integers; received dtype {dtype}.")
+        check_id_values(inputs, *self.token_id_checks()[0][1:])
+
+    def token_id_checks(self):
+        return [(None, "token_ids", self.vocabulary_size, "token ids of the vocabulary")]
 
     def adapt_weight(self, variable, value, source):
         # A shorter context keeps the first rows of the position table.

@@ -171,7 +171,8 @@ class CLIPTokenizer(keras_hub.models.CLIPTokenizer):
                 lambda ids: _frame(self, ids),
                 input_signature=[tf.RaggedTensorSpec([None, None], tf.int32, 1, tf.int64)],
             )
-        ids = _shared_bpe(self, cleaned)(tf.reshape(inputs, [-1]))
+        ids = _shared_bpe(self, cleaned)(tf.reshape(inputs, [-1]),
+                                         tf.constant(self.sequence_length - 2, tf.int32))
         token_ids = self.__dict__["_frame_function"](ids)
         return token_ids[0] if inputs.shape.rank == 0 else token_ids
 
@@ -369,19 +370,24 @@ def _python_clean(inputs):
                 f"received a {type(inputs).__name__} of dtype {inputs.dtype}."
             )
         return inputs, False
+    # Bytes that are not UTF-8 become U+FFFD, as in the tf.string path.
     if isinstance(inputs, bytes):
-        inputs = inputs.decode("utf-8")
+        inputs = inputs.decode("utf-8", errors="replace")
     if hasattr(inputs, "tolist") and not isinstance(inputs, str):  # numpy arrays
         inputs = inputs.tolist()
-        inputs = inputs.decode("utf-8") if isinstance(inputs, bytes) else inputs
+        inputs = inputs.decode("utf-8", errors="replace") if isinstance(inputs, bytes) \
+            else inputs
     if isinstance(inputs, (list, tuple)):
-        inputs = [x.decode("utf-8") if isinstance(x, bytes) else x for x in inputs]
+        inputs = [x.decode("utf-8", errors="replace") if isinstance(x, bytes) else x
+                  for x in inputs]
         bad = [x for x in inputs if not isinstance(x, str)]
         if bad:
             raise TypeError(
                 "`inputs` must be a string, a list of strings or a tf.string tensor; "
                 f"received a list holding {type(bad[0]).__name__} ({bad[0]!r})."
             )
+        if not inputs:  # an empty batch: (0, sequence_length)
+            return tf.zeros([0], tf.string), True
     elif not isinstance(inputs, str):
         raise TypeError(
             "`inputs` must be a string, a list of strings or a tf.string tensor; "
@@ -456,30 +462,105 @@ def _shared_bpe(tokenizer, cleaned):
     with _SHARED_BPE_LOCK:
         if key not in _SHARED_BPE:
             _SHARED_BPE[key] = tf.function(
-                lambda text: _bpe_graph(tokenizer, text, cleaned),
-                input_signature=[tf.TensorSpec([None], tf.string)],
+                lambda text, kept: _bpe_graph(tokenizer, text, cleaned, kept),
+                input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int32)],
             )
         return _SHARED_BPE[key]
 
 
-def _bpe_graph(self, text, cleaned):
-    """Ragged int32 BPE ids of a batch of strings (no start, end or padding)."""
+# Bounding the BPE by what is kept. Merging a word of n bytes takes about n^2 steps
+# (one merge rule per step over the whole word), and only the first `kept` BPE tokens
+# of a text survive truncation: a 1 MB word once took minutes for 75 tokens. Every
+# word gives at least one token, and no token is longer than the vocabulary's longest
+# (32 bytes for CLIP's), so the kept tokens come from the first `kept` words and the
+# first `kept * longest` bytes of their concatenation. The words are cut there, plus a
+# margin: merges decide locally, and tokens that end `_MARGIN_BYTES` or more before
+# a cut come out as from the whole text (the tests compare long words of every kind
+# with the reference). A first pass tries a budget of 4 bytes per kept token, enough
+# for ordinary text; a text whose kept tokens do not end a margin before its cut is
+# merged again with 12, then with the longest token's bytes per kept token.
+_MARGIN_BYTES = 64
+_BYTES_PER_TOKEN_PASSES = (4, 12)  # then the longest token's
+
+
+def _bpe_graph(self, text, cleaned, kept):
+    """Ragged int32 BPE ids of a batch of strings (no start, end or padding), of which
+    at least the first `kept` of each string are the reference's."""
     self._maybe_initialized_tf()
+    longest = max(len(token.removesuffix("</w>")) for token in self.vocabulary)
     text = _clean_graph(self, text, cleaned)
+    # Cleaning leaves at most one space between words: either this prefix holds the
+    # first `kept` words whole, or it holds more word bytes than the widest budget
+    # below, with a margin to spare (splitting a million words is what took time).
+    text = tf.strings.unicode_transcode(
+        tf.strings.substr(text, 0, kept * (longest + 1) + 2 * _MARGIN_BYTES, unit="BYTE"),
+        input_encoding="UTF-8", output_encoding="UTF-8", errors="ignore")
     words = tf_text.regex_split(text, WHITESPACE + "|" + WORD_PATTERN, WORD_PATTERN)
-    flat_words = words.flat_values
+    # Each word gives at least one token: the words after the first `kept` never show.
+    positions_kept = tf.cast(kept, tf.int64)
+    words = tf.ragged.boolean_mask(words, tf.ragged.range(words.row_lengths()) < positions_kept)
 
-    cached = self.cache.lookup(flat_words)
+    def cut(budget):
+        """The words cut to `budget[text]` bytes of their concatenation, and which texts were cut."""
+        sizes = tf.strings.length(words, unit="BYTE")
+        starts = tf.math.cumsum(sizes, axis=1, exclusive=True)
+        room = sizes.with_flat_values(tf.minimum(sizes.flat_values, tf.maximum(
+            tf.gather(budget, sizes.value_rowids()) - starts.flat_values, 0)))
+        shorter = tf.reduce_any(room < sizes, axis=1)
+        room = room.flat_values
+        flat = tf.strings.substr(words.flat_values, tf.zeros_like(room), room, unit="BYTE")
+        # A cut inside a character leaves a partial one: dropped.
+        flat = tf.strings.unicode_transcode(flat, input_encoding="UTF-8",
+                                            output_encoding="UTF-8", errors="ignore")
+        kept_words = tf.ragged.boolean_mask(words.with_flat_values(flat),
+                                            words.with_flat_values(tf.strings.length(flat) > 0))
+        return kept_words, shorter
 
-    def merge_unseen_words():
-        # keras-hub's CLIP BPE merge (adds "</w>" to the last symbol), cached per word.
-        self._bpe_merge_and_update_cache_tf(tf.boolean_mask(flat_words, cached == ""))
-        return self.cache.lookup(flat_words)
+    def merge(words):
+        flat_words = words.flat_values
+        cached = self.cache.lookup(flat_words)
 
-    pieces = tf.cond(tf.reduce_any(cached == ""), merge_unseen_words, lambda: cached)
-    pieces = tf.strings.split(pieces, sep=" ")
-    ids = tf.cast(self.token_to_id_map.lookup(pieces.flat_values), "int32")
-    return tf.RaggedTensor.from_row_splits(ids, tf.gather(pieces.row_splits, words.row_splits))
+        def merge_unseen_words():
+            # keras-hub's CLIP BPE merge (adds "</w>" to the last symbol), cached per word.
+            self._bpe_merge_and_update_cache_tf(tf.boolean_mask(flat_words, cached == ""))
+            return self.cache.lookup(flat_words)
+
+        pieces = tf.cond(tf.reduce_any(cached == ""), merge_unseen_words, lambda: cached)
+        pieces = tf.strings.split(pieces, sep=" ")
+        # (texts, tokens): the tokens of each text, for the ids and their byte sizes.
+        return tf.RaggedTensor.from_row_splits(
+            pieces.flat_values, tf.gather(pieces.row_splits, words.row_splits))
+
+    def bytes_of_kept_tokens(tokens):
+        sizes = tf.strings.length(tokens, unit="UTF8_CHAR")  # one symbol per byte
+        sizes -= tf.where(tf.strings.regex_full_match(tokens, ".*</w>"), 4, 0)
+        first = tf.ragged.boolean_mask(
+            sizes, tf.ragged.range(sizes.row_lengths()) < positions_kept)
+        return tf.reduce_sum(first, axis=1)
+
+    texts = tf.shape(words.row_splits)[0] - 1
+    rates = sorted({min(rate, longest) for rate in _BYTES_PER_TOKEN_PASSES} | {longest})
+    budget = kept * rates[0] + _MARGIN_BYTES
+    budgets = tf.fill([texts], budget)
+    short_words, shorter = cut(budgets)
+    tokens = merge(short_words)
+    for rate in rates[1:]:
+        # Texts whose kept tokens end a margin before their cut are done; the others
+        # are cut again with a larger budget (the done ones' words are cached already).
+        safe = tf.logical_or(tf.logical_not(shorter),
+                             bytes_of_kept_tokens(tokens) <= budgets - _MARGIN_BYTES)
+        budgets = tf.where(safe, budgets, kept * rate + _MARGIN_BYTES)
+
+        def again(budgets=budgets):
+            words, cut_now = cut(budgets)
+            return merge(words), cut_now
+
+        def done(tokens=tokens, shorter=shorter):
+            return tokens, shorter
+
+        tokens, shorter = tf.cond(tf.reduce_all(safe), done, again)
+    return tokens.with_flat_values(
+        tf.cast(self.token_to_id_map.lookup(tokens.flat_values), "int32"))
 
 
 def _frame(self, ids):

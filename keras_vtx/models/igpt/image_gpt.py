@@ -12,6 +12,7 @@ from keras_vtx.models.igpt.image_gpt_backbone import (
     check_token_ids,
 )
 from keras_vtx.models.task import OptimizerBuiltBeforeFit, TaskPresets
+from keras_vtx.models.token_ids import CheckedTokenIds
 
 OBJECTIVES = ("autoregressive", "bert")
 
@@ -32,7 +33,7 @@ def _as_palette(palette):
 
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
-class ImageGPT(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
+class ImageGPT(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
     """Image GPT (Chen et al. 2020): generative pre-training on sequences of palette ids.
 
     An `ImageGPTBackbone` and an output head over the `K` palette colours, not
@@ -145,6 +146,10 @@ class ImageGPT(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
     @property
     def sequence_length(self):
         return self.backbone.sequence_length
+
+    def token_id_checks(self):
+        """The palette ids of `fit`/`evaluate`/`predict` data: `x` or `x["pixel_ids"]`."""
+        return [("pixel_ids?", "pixel_ids", self.palette_size, "palette ids")]
 
     @property
     def image_size(self):

@@ -5,6 +5,7 @@ from keras import ops
 from keras_vtx.layers.transformer_encoder_block import TransformerEncoderBlock
 from keras_vtx.models.backbone import Backbone
 from keras_vtx.models.igpt import image_gpt_presets  # noqa: F401  (registers the presets)
+from keras_vtx.models.token_ids import CheckedTokenIds, check_token_ids, concrete_ids  # noqa: F401
 
 # GPT-2's initialisation, kept by Image GPT (transformers' `initializer_range`).
 INITIALIZER_RANGE = 0.02
@@ -22,66 +23,8 @@ class _PositionIds(keras.layers.Layer):
         return (1, input_shape[1])
 
 
-def concrete_ids(token_ids):
-    """Returns `token_ids` as a NumPy array when its values are known, else None.
-
-    Values are unknown while tracing (`tf.function`, `jax.jit`) and for
-    symbolic Keras tensors; those calls check shapes and dtypes only.
-    """
-    if isinstance(token_ids, (np.ndarray, list, tuple, int)):
-        return np.asarray(token_ids)
-    if isinstance(token_ids, keras.KerasTensor):
-        return None
-    device = getattr(token_ids, "device", None)
-    if getattr(device, "type", "cpu") != "cpu":
-        # A torch tensor on an accelerator: reading it back would synchronise every
-        # training step, so only shapes and dtypes are checked.
-        return None
-    try:
-        return keras.ops.convert_to_numpy(token_ids)
-    except Exception:  # a tracer or a graph tensor: no values yet
-        return None
-
-
-def check_token_ids(token_ids, name, sequence_length, high, what):
-    """Raises a clear `ValueError` unless `token_ids` is int `(batch, L)`, `L <= sequence_length`,
-    with values in `[0, high)` (values are checked when they are concrete)."""
-    if isinstance(token_ids, dict):
-        raise TypeError(f"`{name}` must be an int tensor (batch, length); received a dict.")
-    values = concrete_ids(token_ids) if isinstance(token_ids, (list, tuple)) else None
-    source = values if values is not None else token_ids
-    if getattr(source, "shape", None) is None or getattr(source, "dtype", None) is None:
-        raise TypeError(
-            f"`{name}` must be an int tensor (batch, length); received "
-            f"{type(token_ids).__name__}."
-        )
-    shape = tuple(source.shape)
-    dtype = keras.backend.standardize_dtype(source.dtype)
-    if len(shape) != 2:
-        raise ValueError(
-            f"`{name}` must have rank 2 (batch, length); received shape {shape}."
-        )
-    if not (dtype.startswith("int") or dtype.startswith("uint")):
-        raise ValueError(
-            f"`{name}` must hold integer ids ({what}); received dtype {dtype}."
-        )
-    if shape[1] is not None and shape[1] > sequence_length:
-        raise ValueError(
-            f"`{name}` has length {shape[1]}, longer than the model's context "
-            f"(`sequence_length` = {sequence_length})."
-        )
-    values = concrete_ids(token_ids) if values is None else values
-    if values is not None and values.size:
-        low, top = int(values.min()), int(values.max())
-        if low < 0 or top >= high:
-            raise ValueError(
-                f"`{name}` must hold {what} in [0, {high}); received values in "
-                f"[{low}, {top}]."
-            )
-
-
 @keras.saving.register_keras_serializable(package="keras_vtx")
-class ImageGPTBackbone(Backbone):
+class ImageGPTBackbone(CheckedTokenIds, Backbone):
     """The Image GPT transformer (Chen et al. 2020, "Generative Pretraining from Pixels").
 
     A GPT-2-style decoder over sequences of token ids: learned token and
@@ -226,10 +169,15 @@ class ImageGPTBackbone(Backbone):
         self.final_norm = final_norm
 
     def validate_inputs(self, inputs):
-        check_token_ids(
-            inputs, "token_ids", self.sequence_length, self.vocabulary_size,
-            "token ids (palette ids and the special token)",
-        )
+        check_token_ids(inputs, *self._ids_spec())
+
+    def _ids_spec(self):
+        return ("token_ids", self.sequence_length, self.vocabulary_size,
+                "token ids (palette ids and the special token)")
+
+    def token_id_checks(self):
+        name, _, high, what = self._ids_spec()
+        return [(None, name, high, what)]
 
     def get_config(self):
         return {

@@ -10,10 +10,11 @@ from keras_vtx.models.igpt.image_gpt import OBJECTIVES, ImageGPT, _as_palette
 from keras_vtx.models.igpt.image_gpt_backbone import ImageGPTBackbone
 from keras_vtx.models.igpt.image_gpt_features import draw_masks
 from keras_vtx.models.task import OptimizerBuiltBeforeFit, TaskPresets
+from keras_vtx.models.token_ids import CheckedTokenIds
 
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
-class ImageGPTClassifier(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
+class ImageGPTClassifier(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
     """Image GPT fine-tuned for classification (Chen et al. 2020, section 2.3).
 
     The backbone's final (normed) features are average-pooled over positions
@@ -135,6 +136,7 @@ class ImageGPTClassifier(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
     # does (the same functions: they read `backbone`, `objective`, `palette_size`,
     # `special_token_id`, `mask_rate` and `seed_generator`, which this class holds too).
     sequence_length = ImageGPT.sequence_length
+    token_id_checks = ImageGPT.token_id_checks
     __call__ = ImageGPT.__call__
     _split_inputs = ImageGPT._split_inputs
     draw_mask = ImageGPT.draw_mask

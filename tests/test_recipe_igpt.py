@@ -89,7 +89,8 @@ def test_recipe_trains_probes_draws_and_saves_a_reloadable_preset(tmp_path):
     from keras_vtx.data.palette_sequences import load_palette_data
 
     data = load_palette_data("shapes:48", palette=model.palette, image_size=8, batch_size=8,
-                             shapes_options={"size_range": (0.6, 0.95), "noise": 0.0})
+                             shapes_options={"size_range": (0.6, 0.95), "noise": 0.0,
+                                             "background": "color"})
     model.compile()
     results = model.evaluate(data.validation, return_dict=True, verbose=0)
     np.testing.assert_allclose(results["bits_per_dim"], report["bits_per_dim"], rtol=1e-4)
@@ -127,13 +128,18 @@ def test_recipe_flags():
     for argv in (["--epochs", "0"], ["--precision", "float8"], ["--objective", "gpt"],
                  ["--num-colors", "1"], ["--mask-rate", "1.5"], ["--samples", "-1"],
                  ["--temperature", "0"], ["--validation-split", "1"],
-                 ["--shape-size", "0.9,0.5"], ["--shape-size", "big"], ["--shape-noise", "-1"]):
+                 ["--shape-size", "0.9,0.5"], ["--shape-size", "big"], ["--shape-noise", "-1"],
+                 ["--shape-background", "blue"]):
         with pytest.raises(SystemExit):
             recipe.parse_args(argv)
     args = recipe.parse_args([])
     assert (args.preset, args.data, args.objective, args.precision) == (
         "igpt_pico_shapes", "shapes:4000", "autoregressive", "float32")
-    assert args.shapes_options == {"size_range": (0.6, 0.95), "noise": 0.0}
+    # The coloured background is what puts the best probe inside the network (docs/igpt.md).
+    assert args.shapes_options == {"size_range": (0.6, 0.95), "noise": 0.0,
+                                   "background": "color"}
+    assert recipe.parse_args(["--shape-background", "dark"]).shapes_options["background"] == (
+        "dark")
     assert recipe.parse_args(["--data", "dir:/x"]).shapes_options is None
     # --tiny changes the defaults, and explicit flags still win over it.
     tiny = recipe.parse_args(["--tiny", "--batch-size", "4"])

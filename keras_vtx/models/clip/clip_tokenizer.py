@@ -464,101 +464,125 @@ def _shared_bpe(tokenizer, cleaned):
             _SHARED_BPE[key] = tf.function(
                 lambda text, kept: _bpe_graph(tokenizer, text, cleaned, kept),
                 input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int32)],
+                autograph=False,
             )
         return _SHARED_BPE[key]
 
 
 # Bounding the BPE by what is kept. Merging a word of n bytes takes about n^2 steps
-# (one merge rule per step over the whole word), and only the first `kept` BPE tokens
-# of a text survive truncation: a 1 MB word once took minutes for 75 tokens. Every
-# word gives at least one token, and no token is longer than the vocabulary's longest
-# (32 bytes for CLIP's), so the kept tokens come from the first `kept` words and the
-# first `kept * longest` bytes of their concatenation. The words are cut there, plus a
-# margin: merges decide locally, and tokens that end `_MARGIN_BYTES` or more before
-# a cut come out as from the whole text (the tests compare long words of every kind
-# with the reference). A first pass tries a budget of 4 bytes per kept token, enough
-# for ordinary text; a text whose kept tokens do not end a margin before its cut is
-# merged again with 12, then with the longest token's bytes per kept token.
+# (keras-hub merges one pair per step, over the whole word), and only the first `kept`
+# BPE tokens of a text survive truncation: a 1 MB word once took minutes for 75 tokens.
+# Every word gives at least one token, so the kept tokens come from the first `kept`
+# words, and they are read in windows: the first of `4 * kept + _MARGIN_BYTES` bytes of
+# the words' concatenation (all that ordinary text needs), then of `_WINDOW_BYTES`.
+# Merges decide locally: tokens that end `_MARGIN_BYTES` or more before a window's cut
+# come out as from the whole word (the tests compare long words of every kind with the
+# reference), so they are final, and the next window starts after the last of them.
+# That restart is exact: no merge ever crosses a final token boundary, so the tokens
+# after it are those of the word's rest merged on its own. The work is then about
+# linear in the bytes the kept tokens span (a run of one emoji, 32-byte tokens: 2,400).
 _MARGIN_BYTES = 64
-_BYTES_PER_TOKEN_PASSES = (4, 12)  # then the longest token's
+_FIRST_WINDOW_BYTES_PER_TOKEN = 4
+_WINDOW_BYTES = 256
 
 
 def _bpe_graph(self, text, cleaned, kept):
-    """Ragged int32 BPE ids of a batch of strings (no start, end or padding), of which
-    at least the first `kept` of each string are the reference's."""
+    """Ragged int32 BPE ids of a batch of strings (no start, end or padding): the first
+    `kept` of each string, the reference's."""
     self._maybe_initialized_tf()
     longest = max(len(token.removesuffix("</w>")) for token in self.vocabulary)
     text = _clean_graph(self, text, cleaned)
     # Cleaning leaves at most one space between words: either this prefix holds the
-    # first `kept` words whole, or it holds more word bytes than the widest budget
-    # below, with a margin to spare (splitting a million words is what took time).
+    # first `kept` words whole, or it holds more word bytes than the kept tokens can
+    # span (`kept * longest`), with a margin to spare (splitting a million words is
+    # what took time).
     text = tf.strings.unicode_transcode(
         tf.strings.substr(text, 0, kept * (longest + 1) + 2 * _MARGIN_BYTES, unit="BYTE"),
         input_encoding="UTF-8", output_encoding="UTF-8", errors="ignore")
     words = tf_text.regex_split(text, WHITESPACE + "|" + WORD_PATTERN, WORD_PATTERN)
-    # Each word gives at least one token: the words after the first `kept` never show.
-    positions_kept = tf.cast(kept, tf.int64)
-    words = tf.ragged.boolean_mask(words, tf.ragged.range(words.row_lengths()) < positions_kept)
+    kept64 = tf.cast(kept, tf.int64)
+    words = tf.ragged.boolean_mask(words, tf.ragged.range(words.row_lengths()) < kept64)
 
-    def cut(budget):
-        """The words cut to `budget[text]` bytes of their concatenation, and which texts were cut."""
-        sizes = tf.strings.length(words, unit="BYTE")
-        starts = tf.math.cumsum(sizes, axis=1, exclusive=True)
-        room = sizes.with_flat_values(tf.minimum(sizes.flat_values, tf.maximum(
-            tf.gather(budget, sizes.value_rowids()) - starts.flat_values, 0)))
-        shorter = tf.reduce_any(room < sizes, axis=1)
-        room = room.flat_values
-        flat = tf.strings.substr(words.flat_values, tf.zeros_like(room), room, unit="BYTE")
-        # A cut inside a character leaves a partial one: dropped.
-        flat = tf.strings.unicode_transcode(flat, input_encoding="UTF-8",
-                                            output_encoding="UTF-8", errors="ignore")
-        kept_words = tf.ragged.boolean_mask(words.with_flat_values(flat),
-                                            words.with_flat_values(tf.strings.length(flat) > 0))
-        return kept_words, shorter
+    count = words.nrows()
+    flat_words = words.flat_values
+    flat_sizes = tf.strings.length(flat_words, unit="BYTE")
+    row_of_word = words.value_rowids()
+    index_in_row = tf.ragged.range(words.row_lengths()).flat_values
+    words_in_row = words.row_lengths()
+    # Windows large enough to always finish a token a margin before their end.
+    first_window = tf.maximum(kept * _FIRST_WINDOW_BYTES_PER_TOKEN + _MARGIN_BYTES,
+                              longest + 2 * _MARGIN_BYTES)
+    later_windows = max(_WINDOW_BYTES, longest + 2 * _MARGIN_BYTES)
 
-    def merge(words):
-        flat_words = words.flat_values
-        cached = self.cache.lookup(flat_words)
+    def merge(pieces):
+        """The BPE tokens of each piece (a ragged `(pieces, tokens)`), cached per piece."""
+        cached = self.cache.lookup(pieces)
 
-        def merge_unseen_words():
-            # keras-hub's CLIP BPE merge (adds "</w>" to the last symbol), cached per word.
-            self._bpe_merge_and_update_cache_tf(tf.boolean_mask(flat_words, cached == ""))
-            return self.cache.lookup(flat_words)
+        def merge_unseen():
+            # keras-hub's CLIP BPE merge (adds "</w>" to the last symbol).
+            self._bpe_merge_and_update_cache_tf(tf.boolean_mask(pieces, cached == ""))
+            return self.cache.lookup(pieces)
 
-        pieces = tf.cond(tf.reduce_any(cached == ""), merge_unseen_words, lambda: cached)
-        pieces = tf.strings.split(pieces, sep=" ")
-        # (texts, tokens): the tokens of each text, for the ids and their byte sizes.
-        return tf.RaggedTensor.from_row_splits(
-            pieces.flat_values, tf.gather(pieces.row_splits, words.row_splits))
+        unseen = tf.logical_and(cached == "", tf.strings.length(pieces) > 0)
+        merged = tf.cond(tf.reduce_any(unseen), merge_unseen, lambda: cached)
+        return tf.strings.split(merged, sep=" ")
 
-    def bytes_of_kept_tokens(tokens):
-        sizes = tf.strings.length(tokens, unit="UTF8_CHAR")  # one symbol per byte
-        sizes -= tf.where(tf.strings.regex_full_match(tokens, ".*</w>"), 4, 0)
-        first = tf.ragged.boolean_mask(
-            sizes, tf.ragged.range(sizes.row_lengths()) < positions_kept)
-        return tf.reduce_sum(first, axis=1)
+    def step(round_, at_word, at_byte, taken, committed):
+        window = tf.where(round_ == 0, first_window, later_windows)
+        # Each unfinished text from its cursor (word, byte), cut to one window.
+        here = tf.gather(at_word, row_of_word)
+        offset = tf.where(index_in_row == here, tf.gather(at_byte, row_of_word), 0)
+        rest = tf.where(index_in_row >= here, flat_sizes - offset, 0)
+        rest = tf.where(tf.gather(taken >= kept, row_of_word), 0, rest)
+        before = tf.math.cumsum(tf.RaggedTensor.from_value_rowids(
+            rest, row_of_word, count, validate=False), axis=1, exclusive=True).flat_values
+        room = tf.clip_by_value(window - before, 0, rest)
+        tokens = merge(tf.strings.substr(flat_words, offset, room, unit="BYTE"))
+        # Flat per-token arrays (ragged broadcasting would add shape checks to the graph).
+        flat = tokens.flat_values
+        piece = tokens.value_rowids()
+        size = (tf.strings.length(flat, unit="UTF8_CHAR")  # one symbol per byte
+                - tf.where(tf.strings.regex_full_match(flat, ".*</w>"), 4, 0))
+        running = tf.math.cumsum(size)
+        end = running - tf.gather(tf.gather(tf.concat([[0], running], 0),
+                                            tokens.row_splits[:-1]), piece)
+        whole = tf.logical_and(tf.equal(room, rest), room > 0)  # read to the word's end
+        limit = tf.where(whole, room, room - _MARGIN_BYTES)
+        final = tf.logical_and(end <= tf.gather(limit, piece), size > 0)
+        final = tf.logical_and(final, tf.gather(room > 0, piece))
+        used = tf.math.unsorted_segment_sum(tf.where(final, size, 0), piece,
+                                            tf.shape(flat_words, tf.int64)[0])
+        # The cursor moves to the first word not read to its end, past its final tokens.
+        unfinished = tf.logical_and(index_in_row >= here, tf.logical_not(whole))
+        next_word = tf.minimum(tf.math.unsorted_segment_min(
+            tf.where(unfinished, index_in_row, tf.int64.max), row_of_word, count),
+            words_in_row)
+        stays = tf.logical_and(unfinished, index_in_row == tf.gather(next_word, row_of_word))
+        next_byte = tf.math.unsorted_segment_sum(tf.where(stays, offset + used, 0),
+                                                 row_of_word, count)
+        # Append each text's final tokens, up to `kept` of them.
+        text_of = tf.gather(row_of_word, piece)
+        is_final = tf.cast(final, tf.int32)
+        new_count = tf.math.unsorted_segment_sum(is_final, text_of, count)
+        first_of_text = tf.math.cumsum(new_count, exclusive=True)
+        position = (tf.gather(taken, text_of) + tf.math.cumsum(is_final) - 1
+                    - tf.gather(first_of_text, text_of))
+        fits = tf.logical_and(final, position < kept)
+        committed = tf.tensor_scatter_nd_update(
+            committed,
+            tf.stack([tf.boolean_mask(text_of, fits),
+                      tf.cast(tf.boolean_mask(position, fits), tf.int64)], 1),
+            tf.boolean_mask(flat, fits))
+        taken = tf.minimum(taken + new_count, kept)
+        taken = tf.where(next_word >= words_in_row, kept, taken)  # no words left
+        return round_ + 1, next_word, next_byte, taken, committed
 
-    texts = tf.shape(words.row_splits)[0] - 1
-    rates = sorted({min(rate, longest) for rate in _BYTES_PER_TOKEN_PASSES} | {longest})
-    budget = kept * rates[0] + _MARGIN_BYTES
-    budgets = tf.fill([texts], budget)
-    short_words, shorter = cut(budgets)
-    tokens = merge(short_words)
-    for rate in rates[1:]:
-        # Texts whose kept tokens end a margin before their cut are done; the others
-        # are cut again with a larger budget (the done ones' words are cached already).
-        safe = tf.logical_or(tf.logical_not(shorter),
-                             bytes_of_kept_tokens(tokens) <= budgets - _MARGIN_BYTES)
-        budgets = tf.where(safe, budgets, kept * rate + _MARGIN_BYTES)
-
-        def again(budgets=budgets):
-            words, cut_now = cut(budgets)
-            return merge(words), cut_now
-
-        def done(tokens=tokens, shorter=shorter):
-            return tokens, shorter
-
-        tokens, shorter = tf.cond(tf.reduce_all(safe), done, again)
+    start = (tf.constant(0), tf.zeros([count], tf.int64), tf.zeros([count], tf.int32),
+             tf.zeros([count], tf.int32), tf.fill(tf.stack([count, kept64]), ""))
+    *_, committed = tf.while_loop(lambda round_, at_word, at_byte, taken, committed:
+                                  tf.reduce_any(taken < kept), step, start,
+                                  maximum_iterations=kept + 1)
+    tokens = tf.RaggedTensor.from_tensor(committed, padding="")
     return tokens.with_flat_values(
         tf.cast(self.token_to_id_map.lookup(tokens.flat_values), "int32"))
 

@@ -84,7 +84,8 @@ class CheckedTokenIds:
     values are unknown. So the data is checked before it reaches the step: arrays,
     tensors and dicts of them once, up front; a `tf.data.Dataset` by a check mapped
     over it (the first bad batch stops the run with the message); a Python generator
-    batch by batch. A `keras.utils.PyDataset` is passed through unchecked.
+    batch by batch. A `keras.utils.PyDataset` and a `tf.distribute` dataset are passed
+    through unchecked.
 
     Subclasses define `token_id_checks()`.
     """
@@ -137,7 +138,8 @@ class CheckedTokenIds:
     def _checked_data(self, x):
         if x is None or isinstance(x, keras.utils.PyDataset):
             return x
-        if type(x).__module__.startswith("tensorflow") and hasattr(x, "element_spec"):
+        if type(x).__module__.startswith("tensorflow") and hasattr(x, "element_spec") \
+                and hasattr(x, "map"):  # a tf.data.Dataset (not a distributed one)
             return self._checked_dataset(x)
         if isinstance(x, types.GeneratorType):
             return self._checked_generator(x)

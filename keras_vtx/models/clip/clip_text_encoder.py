@@ -179,7 +179,8 @@ class CLIPTextEncoder(CheckedTokenIds, Backbone):
         dtype = keras.backend.standardize_dtype(inputs.dtype)
         if "int" not in dtype:
             raise TypeError(f"`token_ids` must be integers; received dtype {dtype}.")
-        check_id_values(inputs, *self.token_id_checks()[0][1:])
+        (_, name, high, what), = self.token_id_checks()
+        check_id_values(inputs, name, high, what)
 
     def token_id_checks(self):
         return [(None, "token_ids", self.vocabulary_size, "token ids of the vocabulary")]

@@ -6,13 +6,9 @@ from keras import ops
 
 from keras_vtx.layers.flat_dense import apply_flat
 from keras_vtx.models.igpt import image_gpt_presets  # noqa: F401  (registers the presets)
-from keras_vtx.models.igpt.image_gpt_backbone import (
-    INITIALIZER_RANGE,
-    ImageGPTBackbone,
-    check_token_ids,
-)
+from keras_vtx.models.igpt.image_gpt_backbone import INITIALIZER_RANGE, ImageGPTBackbone
 from keras_vtx.models.task import OptimizerBuiltBeforeFit, TaskPresets
-from keras_vtx.models.token_ids import CheckedTokenIds
+from keras_vtx.models.token_ids import CheckedTokenIds, check_token_ids
 
 OBJECTIVES = ("autoregressive", "bert")
 

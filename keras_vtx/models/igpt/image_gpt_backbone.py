@@ -5,7 +5,7 @@ from keras import ops
 from keras_vtx.layers.transformer_encoder_block import TransformerEncoderBlock
 from keras_vtx.models.backbone import Backbone
 from keras_vtx.models.igpt import image_gpt_presets  # noqa: F401  (registers the presets)
-from keras_vtx.models.token_ids import CheckedTokenIds, check_token_ids, concrete_ids  # noqa: F401
+from keras_vtx.models.token_ids import CheckedTokenIds, check_token_ids
 
 # GPT-2's initialisation, kept by Image GPT (transformers' `initializer_range`).
 INITIALIZER_RANGE = 0.02
@@ -169,15 +169,12 @@ class ImageGPTBackbone(CheckedTokenIds, Backbone):
         self.final_norm = final_norm
 
     def validate_inputs(self, inputs):
-        check_token_ids(inputs, *self._ids_spec())
-
-    def _ids_spec(self):
-        return ("token_ids", self.sequence_length, self.vocabulary_size,
-                "token ids (palette ids and the special token)")
+        (_, name, high, what), = self.token_id_checks()
+        check_token_ids(inputs, name, self.sequence_length, high, what)
 
     def token_id_checks(self):
-        name, _, high, what = self._ids_spec()
-        return [(None, name, high, what)]
+        return [(None, "token_ids", self.vocabulary_size,
+                 "token ids (palette ids and the special token)")]
 
     def get_config(self):
         return {

@@ -20,7 +20,8 @@ import numpy as np
 from keras import ops
 
 from keras_vtx.analysis.linear_probe import DEFAULT_REGULARIZATIONS, extract_features, probe_layers
-from keras_vtx.models.igpt.image_gpt_backbone import ImageGPTBackbone, check_token_ids
+from keras_vtx.models.igpt.image_gpt_backbone import ImageGPTBackbone
+from keras_vtx.models.token_ids import check_token_ids
 
 NORMALIZATIONS = ("rms_norm", "layer_norm", None)
 

@@ -11,39 +11,39 @@ import os
 
 import numpy as np
 
-from keras_vtx.convert.checkpoint_files import read_json
-from keras_vtx.convert.vit import _ACTIVATIONS, _set, read_state_dict
+from keras_vtx.convert.checkpoint_files import read_json, read_state_dict
+from keras_vtx.convert.tensor_mapping import (
+    DENSE,
+    NORM,
+    activation,
+    assign_table,
+    layer_table,
+    pair,
+    set_weight,
+)
 
-_TRANSFORMS = {
-    None: lambda x: x,
-    "linear": lambda x: x.T,  # torch (out, in) -> Keras (in, out)
-    "conv": lambda x: x.transpose(2, 3, 1, 0),  # OIHW -> HWIO
-    "token": lambda x: x.reshape(1, 1, -1),  # (D,) -> ClassToken's (1, 1, D)
-}
-_DENSE = (("kernel", "weight", "linear"), ("bias", "bias", None))
-_NORM = (("gamma", "weight", None), ("beta", "bias", None))
 # keras_vtx layer (relative to the encoder) -> transformers module, and its parameters.
 _BLOCK_LAYERS = (
-    ("norm1", "layer_norm1", _NORM),
-    ("attention/query", "self_attn.q_proj", _DENSE),
-    ("attention/key", "self_attn.k_proj", _DENSE),
-    ("attention/value", "self_attn.v_proj", _DENSE),
-    ("attention/output", "self_attn.out_proj", _DENSE),
-    ("norm2", "layer_norm2", _NORM),
-    ("mlp/fc1", "mlp.fc1", _DENSE),
-    ("mlp/fc2", "mlp.fc2", _DENSE),
+    ("norm1", "layer_norm1", NORM),
+    ("attention/query", "self_attn.q_proj", DENSE),
+    ("attention/key", "self_attn.k_proj", DENSE),
+    ("attention/value", "self_attn.v_proj", DENSE),
+    ("attention/output", "self_attn.out_proj", DENSE),
+    ("norm2", "layer_norm2", NORM),
+    ("mlp/fc1", "mlp.fc1", DENSE),
+    ("mlp/fc2", "mlp.fc2", DENSE),
 )
 _VISION_LAYERS = (
     ("patch_embedding/projection", "embeddings.patch_embedding", (("kernel", "weight", "conv"),)),
     ("class_token", "embeddings", (("class_token", "class_embedding", "token"),)),
     ("position_embedding", "embeddings.position_embedding", (("embeddings", "weight", None),)),
-    ("pre_norm", "pre_layrnorm", _NORM),  # sic: transformers' spelling
-    ("final_norm", "post_layernorm", _NORM),
+    ("pre_norm", "pre_layrnorm", NORM),  # sic: transformers' spelling
+    ("final_norm", "post_layernorm", NORM),
 )
 _TEXT_LAYERS = (
     ("token_embedding", "embeddings.token_embedding", (("embeddings", "weight", None),)),
     ("position_embedding", "embeddings.position_embedding", (("embeddings", "weight", None),)),
-    ("final_norm", "final_layer_norm", _NORM),
+    ("final_norm", "final_layer_norm", NORM),
 )
 # transformers' CLIPVisionConfig / CLIPTextConfig defaults (the ViT-B/32 model),
 # used for keys a config.json leaves out.
@@ -61,7 +61,7 @@ _DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def load_clip(path, config, cls, **kwargs):
+def load_clip(path, config, cls, task_kwargs=None):
     """Builds `cls` from a transformers `CLIPModel` checkpoint.
 
     Args:
@@ -72,7 +72,8 @@ def load_clip(path, config, cls, **kwargs):
         config: dict, the parsed `config.json`.
         cls: `CLIP`, `CLIPTextEncoder` (the text tower only) or `ViTBackbone`
             (the vision tower only).
-        **kwargs: overrides, as for the class's `from_preset()`.
+        task_kwargs: unused (a CLIP checkpoint determines every argument);
+            `from_preset` applies overrides afterwards.
 
     Returns:
         An instance of `cls` with the checkpoint's weights.
@@ -91,8 +92,10 @@ def load_clip(path, config, cls, **kwargs):
     image_encoder = ViTBackbone(**vision_config)
     text_encoder = CLIPTextEncoder(**text_config)
     tables = {
-        "vision_model": _weight_table(_VISION_LAYERS, vision_config["num_layers"]),
-        "text_model": _weight_table(_TEXT_LAYERS, text_config["num_layers"]),
+        "vision_model": layer_table(_VISION_LAYERS, _BLOCK_LAYERS, "encoder.layers.{i}",
+                                    vision_config["num_layers"]),
+        "text_model": layer_table(_TEXT_LAYERS, _BLOCK_LAYERS, "encoder.layers.{i}",
+                                  text_config["num_layers"]),
     }
     expected = {f"{tower}.{key}" for tower, table in tables.items()
                 for key, _ in table.values()}
@@ -105,36 +108,28 @@ def load_clip(path, config, cls, **kwargs):
             f"The CLIP checkpoint in {path!r} does not match its config.json: "
             f"missing keys {missing}, unexpected keys {unknown}."
         )
-    _assign(image_encoder, weights, tables["vision_model"], "vision_model", path)
-    _assign(text_encoder, weights, tables["text_model"], "text_model", path)
+    assign_table(image_encoder, weights, tables["vision_model"], path, "vision_model.")
+    assign_table(text_encoder, weights, tables["text_model"], path, "text_model.")
 
     if issubclass(cls, (CLIPTextEncoder, ViTBackbone)):
         encoder = text_encoder if issubclass(cls, CLIPTextEncoder) else image_encoder
-        if not kwargs and type(encoder) is cls:
+        if type(encoder) is cls:
             return encoder
         from keras_vtx.models.backbone import transfer_weights
 
-        model = cls(**{**encoder.get_config(), **kwargs})
+        model = cls(**encoder.get_config())  # a subclass of the tower's class
         transfer_weights(encoder, model)
         return model
 
     projection_dim = weights["visual_projection.weight"].shape[0]
     defaults = {"projection_dim": projection_dim, **_preprocessing(path)}
     model = cls(image_encoder, text_encoder, **defaults)
-    _set(model.image_projection.kernel, weights["visual_projection.weight"].T,
+    set_weight(model.image_projection.kernel, weights["visual_projection.weight"].T,
          "visual_projection.weight", path)
-    _set(model.text_projection.kernel, weights["text_projection.weight"].T,
+    set_weight(model.text_projection.kernel, weights["text_projection.weight"].T,
          "text_projection.weight", path)
-    _set(model.logit_scale, np.asarray(weights["logit_scale"]).reshape(()), "logit_scale", path)
-    if not kwargs:
-        return model
-    # Overrides (for example `include_preprocessing=False`) rebuild through the
-    # preset path, which copies every weight that still fits.
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_to_preset(tmp)
-        return cls.from_preset(tmp, **kwargs)
+    set_weight(model.logit_scale, np.asarray(weights["logit_scale"]).reshape(()), "logit_scale", path)
+    return model
 
 
 def image_encoder_config_from_transformers(vision_config):
@@ -148,8 +143,8 @@ def image_encoder_config_from_transformers(vision_config):
     """
     c = {**_VISION_DEFAULTS, **vision_config}
     return dict(
-        image_size=_pair(c["image_size"]),
-        patch_size=_pair(c["patch_size"]),
+        image_size=pair(c["image_size"]),
+        patch_size=pair(c["patch_size"]),
         num_layers=c["num_hidden_layers"],
         hidden_dim=c["hidden_size"],
         num_heads=c["num_attention_heads"],
@@ -159,7 +154,7 @@ def image_encoder_config_from_transformers(vision_config):
         pre_norm=True,
         patch_bias=False,
         layer_norm_epsilon=c["layer_norm_eps"],
-        activation=_activation(c["hidden_act"]),
+        activation=activation(c["hidden_act"]),
         pooling="token",
     )
 
@@ -188,53 +183,10 @@ def text_encoder_config_from_transformers(text_config):
         num_heads=c["num_attention_heads"],
         mlp_dim=c["intermediate_size"],
         attention_dropout=c["attention_dropout"],
-        activation=_activation(c["hidden_act"]),
+        activation=activation(c["hidden_act"]),
         layer_norm_epsilon=c["layer_norm_eps"],
         end_token_id=None if end == 2 or end is None else end,
     )
-
-
-def _activation(name):
-    if name not in _ACTIVATIONS:
-        raise ValueError(
-            f"The checkpoint's `hidden_act` {name!r} has no equivalent here; "
-            f"supported: {sorted(_ACTIVATIONS)}."
-        )
-    return _ACTIVATIONS[name]
-
-
-def _pair(value):
-    return (value, value) if isinstance(value, int) else tuple(value)
-
-
-def _weight_table(embedding_layers, num_layers):
-    """Returns {keras variable path: (transformers key within the tower, transform)}."""
-    layers = list(embedding_layers)
-    for i in range(num_layers):
-        layers += [(f"block_{i}/{ours}", f"encoder.layers.{i}.{theirs}", params)
-                   for ours, theirs, params in _BLOCK_LAYERS]
-    return {
-        f"{ours}/{our_param}": (f"{theirs}.{their_param}", transform)
-        for ours, theirs, params in layers
-        for our_param, their_param, transform in params
-    }
-
-
-def _assign(encoder, weights, table, tower, path):
-    prefix = encoder.name + "/"
-    variables = {
-        (v.path[len(prefix):] if v.path.startswith(prefix) else v.path): v
-        for v in encoder.weights
-    }
-    unmapped = sorted(set(variables) - set(table))
-    if unmapped:
-        raise ValueError(
-            f"{type(encoder).__name__} has variables with no transformers counterpart: "
-            f"{unmapped}."
-        )
-    for name, (key, transform) in table.items():
-        key = f"{tower}.{key}"
-        _set(variables[name], _TRANSFORMS[transform](np.asarray(weights[key])), key, path)
 
 
 def _preprocessing(path):

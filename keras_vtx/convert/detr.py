@@ -15,12 +15,12 @@ The weights are the same either way; outputs equal transformers' with
 `auxiliary_loss=False` (the published checkpoints' setting).
 """
 
-import re
 
 import numpy as np
 
+from keras_vtx.convert.checkpoint_files import read_state_dict
 from keras_vtx.convert.resnet import load_resnet_weights, resnet_config_from_transformers
-from keras_vtx.convert.vit import read_state_dict
+from keras_vtx.convert.tensor_mapping import TRANSFORMS, canonical_names, class_names
 
 BACKBONE_PREFIX = "model.backbone.conv_encoder.model."
 # transformers 5 names modules differently in memory (`model.state_dict()`) than
@@ -30,14 +30,9 @@ _IN_MEMORY_NAMES = (
     (r"\.(self_attn|encoder_attn)\.o_proj\.", r".\1.out_proj."),
     (r"\.mlp\.(fc[12])\.", r".\1."),
 )
-_TRANSFORMS = {
-    None: lambda x: x,
-    "linear": lambda x: x.T,  # torch (out, in) -> Keras (in, out)
-    "conv": lambda x: x.transpose(2, 3, 1, 0),  # OIHW -> HWIO
-}
 
 
-def load_detr(path, config, cls, **kwargs):
+def load_detr(path, config, cls, task_kwargs=None):
     """Builds a `DETR` from a transformers `DetrForObjectDetection.save_pretrained()` directory.
 
     Args:
@@ -45,10 +40,10 @@ def load_detr(path, config, cls, **kwargs):
             or `pytorch_model.bin`).
         config: dict, the parsed `config.json`.
         cls: `DETR` (or a subclass).
-        **kwargs: overrides of `DETR`'s arguments (`num_classes`, `aux_loss`,
-            `dropout`, ...) or of the backbone's (`frozen_stages`, ...). A new
-            `num_classes` gives a fresh class head; every other weight that
-            still fits is kept. `aux_loss` defaults to True (DETR's training).
+        task_kwargs: unused (the checkpoint determines every argument);
+            `from_preset` applies overrides afterwards: a new `num_classes`
+            gives a fresh class head, and every other weight that still fits
+            is kept. `aux_loss` defaults to True (DETR's training).
 
     Returns:
         A `cls` instance with the checkpoint's weights.
@@ -70,7 +65,7 @@ def load_detr(path, config, cls, **kwargs):
     backbone_config, layout = _backbone_config(config)
     task_config = detr_config_from_transformers(config)
     task_config["num_classes"] = int(weights["class_labels_classifier.weight"].shape[0]) - 1
-    names = _class_names(config)
+    names = class_names(config)
     if names is not None and len(names) == task_config["num_classes"]:
         task_config["class_names"] = names
     backbone = cls.backbone_cls(**backbone_config)
@@ -91,16 +86,14 @@ def load_detr(path, config, cls, **kwargs):
             f"{missing}, unexpected keys {unknown}."
         )
     for variable, key, transform in table:
-        value = _TRANSFORMS[transform](np.asarray(weights[key], "float32"))
+        value = TRANSFORMS[transform](np.asarray(weights[key], "float32"))
         if tuple(variable.shape) != tuple(value.shape):
             raise ValueError(
                 f"Checkpoint tensor {key!r} in {path!r} has shape {tuple(value.shape)} after "
                 f"conversion, but {variable.path!r} expects {tuple(variable.shape)}."
             )
         variable.assign(value)
-    if not kwargs:
-        return model
-    return model.rebuild_with(*cls._split_kwargs(kwargs))
+    return model
 
 
 def detr_config_from_transformers(config):
@@ -208,19 +201,4 @@ def _backbone_config(config):
 
 
 def _canonical_names(weights):
-    out = {}
-    for key, value in weights.items():
-        short = key
-        for pattern, replacement in _IN_MEMORY_NAMES:
-            short = re.sub(pattern, replacement, short)
-        if short in out:
-            raise ValueError(f"The checkpoint holds {short!r} under two names (one is {key!r}).")
-        out[short] = value
-    return out
-
-
-def _class_names(config):
-    id2label = config.get("id2label")
-    if not id2label:
-        return None
-    return tuple(str(id2label[k]) for k in sorted(id2label, key=int))
+    return canonical_names(weights, _IN_MEMORY_NAMES)

@@ -12,8 +12,8 @@ import os
 
 import numpy as np
 
-from keras_vtx.convert.checkpoint_files import read_json
-from keras_vtx.convert.vit import _set, read_state_dict
+from keras_vtx.convert.checkpoint_files import read_json, read_state_dict
+from keras_vtx.convert.tensor_mapping import set_weight
 
 # Keras variable (relative to block i) -> (transformers key relative to `h.{i}.`, slice of
 # c_attn's output columns or None).
@@ -70,52 +70,50 @@ def imagegpt_backbone_config(config):
     )
 
 
-def load_imagegpt(path, config, cls, **kwargs):
-    """Builds `cls` (`ImageGPT` or `ImageGPTBackbone`) from a transformers Image GPT directory.
+def load_imagegpt(path, config, cls, task_kwargs=None):
+    """Builds an `ImageGPTBackbone` or an `ImageGPT` from a transformers Image GPT directory.
 
     Args:
         path: a `save_pretrained()` directory (`config.json`, `model.safetensors`
             or its shards or `pytorch_model.bin`, optionally
             `preprocessor_config.json` with the palette).
         config: dict, the parsed `config.json`.
-        cls: `ImageGPTBackbone` or `ImageGPT`.
-        **kwargs: overrides of the backbone's arguments (`dropout`, `causal`,
-            ...) or the task's (`objective="bert"`, `palette`, ...). Shapes
-            cannot change (a clear error names the tensor).
+        cls: the class asked for: a backbone class gives the backbone, `ImageGPT`
+            (or a subclass) that class, and any other Image GPT task (the
+            classifier) an `ImageGPT`, which that task adopts.
+        task_kwargs: the task arguments the caller gave; a `palette` there
+            replaces the checkpoint's `preprocessor_config.json` clusters.
 
     Returns:
-        An instance of `cls` with the checkpoint's weights; an `ImageGPTModel`
-        checkpoint (no `lm_head`) gives `ImageGPT` a freshly initialised head.
+        The model with the checkpoint's weights; an `ImageGPTModel` checkpoint
+        (no `lm_head`) gives `ImageGPT` a freshly initialised head.
     """
     from keras_vtx.models.igpt.image_gpt import ImageGPT
     from keras_vtx.models.igpt.image_gpt_backbone import ImageGPTBackbone
 
-    is_task = isinstance(cls, type) and issubclass(cls, ImageGPT)
-    if not is_task and not (isinstance(cls, type) and issubclass(cls, ImageGPTBackbone)):
+    is_backbone = isinstance(cls, type) and issubclass(cls, ImageGPTBackbone)
+    is_task = isinstance(cls, type) and issubclass(
+        getattr(cls, "backbone_cls", None) or type(None), ImageGPTBackbone)
+    if not is_task and not is_backbone:
         raise ValueError(
-            "A transformers Image GPT checkpoint loads into ImageGPTBackbone or ImageGPT; "
-            f"received {getattr(cls, '__name__', cls)!r}."
+            "A transformers Image GPT checkpoint loads into ImageGPTBackbone or an Image "
+            f"GPT task; received {getattr(cls, '__name__', cls)!r}."
         )
     weights = {k: v for k, v in read_state_dict(path).items() if not k.endswith(_BUFFERS)}
     head = weights.pop("lm_head.weight", None)
     weights = {k[len("transformer."):] if k.startswith("transformer.") else k: v
                for k, v in weights.items()}
-    backbone_config = imagegpt_backbone_config(config)
-    if is_task:
-        backbone_kwargs, task_kwargs = cls._split_kwargs(kwargs)
-    else:
-        backbone_kwargs, task_kwargs = kwargs, {}
-    backbone_cls = cls.backbone_cls if is_task else cls
-    backbone = backbone_cls(**{**backbone_config, **backbone_kwargs})
+    backbone_cls = cls if is_backbone else cls.backbone_cls
+    backbone = backbone_cls(**imagegpt_backbone_config(config))
     _assign_backbone(backbone, weights, path)
-    if not is_task:
+    if is_backbone:
         return backbone
-    if "palette" not in task_kwargs:
-        task_kwargs["palette"] = _palette(path)
-    model = cls(backbone=backbone, **task_kwargs)
+    palette = (task_kwargs or {}).get("palette")
+    model_cls = cls if issubclass(cls, ImageGPT) else ImageGPT
+    model = model_cls(backbone=backbone, palette=palette if palette is not None else _palette(path))
     if head is not None:
         # nn.Linear stores (out, in); Keras' Dense kernel is (in, out).
-        _set(model.lm_head.kernel, np.asarray(head).T, "lm_head.weight", path)
+        set_weight(model.lm_head.kernel, np.asarray(head).T, "lm_head.weight", path)
     return model
 
 
@@ -129,7 +127,7 @@ def _assign_backbone(backbone, weights, path):
         if part is not None:
             width = value.shape[-1] // 3
             value = value[..., part * width:(part + 1) * width]
-        _set(variable, value, key, path)
+        set_weight(variable, value, key, path)
         used.add(key)
 
     take(backbone.token_embedding.embeddings, "wte.weight")

@@ -223,15 +223,14 @@ def resnet_config_from_transformers(config):
     }
 
 
-def load_resnet(path, config, cls, **kwargs):
+def load_resnet(path, config, cls, task_kwargs=None):
     """Builds a `ResNetBackbone` from a transformers `ResNetModel.save_pretrained()` directory.
 
     Also reads `ResNetForImageClassification` directories (the classifier is
-    left out). `**kwargs` override the converted config (`frozen_stages`,
-    `dilation`, `image_shape`, ...; architecture changes fail with a clear
-    error when the weights are copied).
+    left out). `task_kwargs` is unused; `from_preset` applies overrides
+    (`frozen_stages`, `dilation`, `image_shape`, ...) afterwards.
     """
-    from keras_vtx.convert.vit import read_state_dict
+    from keras_vtx.convert.checkpoint_files import read_state_dict
     from keras_vtx.models.detr.resnet_backbone import ResNetBackbone
 
     if not (isinstance(cls, type) and issubclass(cls, ResNetBackbone)):
@@ -241,6 +240,6 @@ def load_resnet(path, config, cls, **kwargs):
         )
     weights = read_state_dict(path)
     prefix = "resnet." if any(k.startswith("resnet.") for k in weights) else ""
-    backbone = cls(**{**resnet_config_from_transformers(config), **kwargs})
+    backbone = cls(**resnet_config_from_transformers(config))
     load_resnet_weights(backbone, weights, prefix=prefix, layout="transformers")
     return backbone

@@ -1,5 +1,6 @@
 import keras
 
+from keras_vtx.layers.flat_dense import call_sublayer
 from keras_vtx.layers.mlp import MLP
 from keras_vtx.layers.multi_head_attention import MultiHeadAttention
 
@@ -122,8 +123,14 @@ class TransformerDecoderBlock(keras.layers.Layer):
             # (batch, length) -> (batch, 1, 1, length): every head and query.
             cross_mask = keras.ops.cast(memory_mask, "bool")[:, None, None, :]
 
-        h = self.norm1(x) if self.norm_first else x
-        attn = self.self_attention(
+        # The norms and the MLP go through call_sublayer, the PyTorch fast path of the
+        # encoder block (flat_dense.call_sublayer). The attentions take position
+        # encodings and memory as tensor arguments, which the layer call must convert
+        # to the compute dtype: call_sublayer passes such calls to the layer call.
+        h = call_sublayer(self.norm1, self, x) if self.norm_first else x
+        attn = call_sublayer(
+            self.self_attention,
+            self,
             h, attention_mask=self_attention_mask, query_position=query_position,
             key_position=query_position, return_attention_scores=return_attention_scores,
             training=training,
@@ -132,10 +139,12 @@ class TransformerDecoderBlock(keras.layers.Layer):
             attn, self_scores = attn
         x = x + self._dropout(attn, training)
         if not self.norm_first:
-            x = self.norm1(x)
+            x = call_sublayer(self.norm1, self, x)
 
-        h = self.norm2(x) if self.norm_first else x
-        attn = self.cross_attention(
+        h = call_sublayer(self.norm2, self, x) if self.norm_first else x
+        attn = call_sublayer(
+            self.cross_attention,
+            self,
             h, value=memory, key=memory, attention_mask=cross_mask,
             query_position=query_position, key_position=memory_position,
             return_attention_scores=return_attention_scores, training=training,
@@ -144,12 +153,12 @@ class TransformerDecoderBlock(keras.layers.Layer):
             attn, cross_scores = attn
         x = x + self._dropout(attn, training)
         if not self.norm_first:
-            x = self.norm2(x)
+            x = call_sublayer(self.norm2, self, x)
 
-        h = self.norm3(x) if self.norm_first else x
-        x = x + self.mlp(h, training=training)
+        h = call_sublayer(self.norm3, self, x) if self.norm_first else x
+        x = x + call_sublayer(self.mlp, self, h, training=training)
         if not self.norm_first:
-            x = self.norm3(x)
+            x = call_sublayer(self.norm3, self, x)
         if return_attention_scores:
             return x, self_scores, cross_scores
         return x

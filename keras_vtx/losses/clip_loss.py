@@ -3,6 +3,8 @@ import math
 import keras
 from keras import ops
 
+from keras_vtx import backend
+
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
 class CLIPLoss(keras.losses.Loss):
@@ -142,9 +144,9 @@ class CLIPLoss(keras.losses.Loss):
         scale = ops.exp(scale)
         # The positive logits need only the local pairs, whichever path.
         positives = scale * ops.sum(image * text, axis=-1)
-        gathered = _gather_across_replicas(image, text) if self.gather else None
+        gathered = backend.gather_over_replicas(image, text) if self.gather else None
         if gathered is not None:
-            all_images, all_texts, convention, world = gathered
+            (all_images, all_texts), convention, world = gathered
             per_pair = 0.5 * (
                 _cross_entropy(scale * ops.matmul(image, ops.transpose(all_texts)),
                                positives, self.label_smoothing, axis=1)
@@ -171,7 +173,7 @@ class CLIPLoss(keras.losses.Loss):
             + _cross_entropy(logits, positives, self.label_smoothing, axis=axes[1])
         )
         loss = ops.mean(per_pair)
-        replicas = _tensorflow_local_replicas() if not self.gather else 1
+        replicas = backend.replicas_in_step() if not self.gather else 1
         return loss / replicas if replicas > 1 else loss
 
     def get_config(self):
@@ -227,75 +229,7 @@ def _check_embeddings(image_embeddings, text_embeddings, logit_scale):
     return image, text, ops.reshape(scale, ())
 
 
-# --- Backend-specific pieces: each backend exposes data parallelism differently ---
-
-
-def _gather_across_replicas(image, text):
-    """All replicas' embeddings where the step runs per replica, else None.
-
-    Returns `(all_images, all_texts, convention, world)`: `convention` is
-    `"sum"` when the caller sums per-replica gradients (tf.distribute, Keras'
-    convention) and `"mean"` when it averages them (torch DDP); `world` is
-    the number of replicas. JAX needs nothing here: its step sees the global
-    batch (see `_shard_rows`).
-    """
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        context = tf.distribute.get_replica_context()
-        if context is None or context.num_replicas_in_sync == 1:
-            return None
-        # all_gather's gradient sums every replica's gradient of the gathered
-        # tensor and hands each replica its own slice.
-        all_images, all_texts = context.all_gather((image, text), axis=0)
-        return all_images, all_texts, "sum", context.num_replicas_in_sync
-    if backend == "torch":
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return None
-        return _torch_all_gather(image), _torch_all_gather(text), "mean", dist.get_world_size()
-    return None
-
-
-def _torch_all_gather(x):
-    """Concatenates every rank's `x` along the batch; gradients reduce-scatter back (sum)."""
-    import torch.distributed as dist
-
-    try:  # recent torch deprecates torch.distributed.nn.functional.all_gather for this
-        from torch.distributed._functional_collectives import all_gather_single_autograd
-    except ImportError:
-        import torch
-        from torch.distributed.nn.functional import all_gather
-
-        return torch.cat(all_gather(x), dim=0)
-    return all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)
-
-
-def _tensorflow_local_replicas():
-    """Replicas in sync when a tf.distribute replica step runs (Keras scales by it)."""
-    if keras.backend.backend() != "tensorflow":
-        return 1
-    import tensorflow as tf
-
-    context = tf.distribute.get_replica_context()
-    return 1 if context is None else context.num_replicas_in_sync
-
-
-def _data_parallel_layout(shape):
-    """The JAX distribution's batch-axis layout for `shape`, or None."""
-    if keras.backend.backend() != "jax":
-        return None
-    distribution = keras.distribution.distribution()
-    batch_axis = getattr(distribution, "batch_dim_name", None)
-    if batch_axis is None or batch_axis not in distribution.device_mesh.axis_names:
-        return None
-    mesh = distribution.device_mesh
-    replicas = mesh.shape[list(mesh.axis_names).index(batch_axis)]
-    if replicas == 1 or shape[0] is None or shape[0] % replicas:
-        return None
-    return distribution.get_data_layout(shape)
+# --- Data parallelism (the backend-specific parts: keras_vtx.backend) ---
 
 
 def _shard_rows(x):
@@ -308,13 +242,13 @@ def _shard_rows(x):
     per-device batch. Other backends (and JAX without a distribution) are
     unaffected.
     """
-    layout = _data_parallel_layout(tuple(x.shape))
+    layout = backend.data_parallel_layout(tuple(x.shape))
     return x if layout is None else keras.distribution.distribute_tensor(x, layout)
 
 
 def _local_groups(image):
     """How many data replicas the JAX global batch is split over (gather=False)."""
-    layout = _data_parallel_layout(tuple(image.shape))
+    layout = backend.data_parallel_layout(tuple(image.shape))
     if layout is None:
         return 1
     mesh = layout.device_mesh

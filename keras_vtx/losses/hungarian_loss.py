@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_vtx import backend
 from keras_vtx.ops import boxes as box_ops
 from keras_vtx.ops.linear_sum_assignment import (
     linear_sum_assignment,
@@ -171,7 +172,7 @@ class HungarianLoss(keras.losses.Loss):
         """The matcher used on this backend: `"graph"` or `"scipy"`."""
         if self.matcher != "auto":
             return self.matcher
-        return "scipy" if keras.backend.backend() == "torch" else "graph"
+        return "scipy" if backend.name() == "torch" else "graph"
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Keras' default `__call__` would cast the integer labels to float and
@@ -216,7 +217,9 @@ class HungarianLoss(keras.losses.Loss):
         boxes, labels = self._targets(y_true)
         layers = self._predictions(y_pred, boxes)
         num_classes = layers[0][0].shape[-1] - 1
-        if self.check_targets and _is_concrete(boxes) and _is_concrete(labels):
+        if self.check_targets and backend.host_values(boxes) is not None and (
+            backend.host_values(labels) is not None
+        ):
             # The targets as given: casting first would hide non-integer labels.
             validate_targets({"boxes": y_true["boxes"], "labels": y_true["labels"]}, num_classes)
         valid = labels >= 0
@@ -225,7 +228,7 @@ class HungarianLoss(keras.losses.Loss):
         labels = ops.where(valid, labels, ops.zeros_like(labels))
 
         count = ops.sum(ops.cast(valid, "float32"))
-        count, replicas, share = _sum_over_replicas(count)
+        count, replicas, share = backend.sum_over_replicas(count)
         # DETR (models/detr.py): the mean number of boxes per replica, at least 1.
         num_boxes = ops.maximum(count / replicas, 1.0)
 
@@ -290,7 +293,7 @@ class HungarianLoss(keras.losses.Loss):
             raise ValueError("`outputs` must be a non-empty list of dicts with \"logits\" and "
                              f"\"boxes\"; received {type(outputs).__name__}.")
         valid = labels >= 0
-        count, replicas, share = _sum_over_replicas(ops.sum(ops.cast(valid, "float32")))
+        count, replicas, share = backend.sum_over_replicas(ops.sum(ops.cast(valid, "float32")))
         num_boxes = ops.maximum(count / replicas, 1.0) * groups
         valid = ops.tile(valid, (1, groups))
         labels = ops.tile(ops.where(labels >= 0, labels, ops.zeros_like(labels)), (1, groups))
@@ -554,47 +557,3 @@ def _check_static_targets(box_shape, label_shape):
             '`y_true["boxes"]` needs a static number of boxes (pad to a fixed max_boxes); '
             f"received shape {tuple(box_shape)}."
         )
-
-
-def _is_concrete(x):
-    """Whether `x` holds values now (eager), not a symbol of a graph being traced."""
-    if isinstance(x, keras.KerasTensor):
-        return False
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.executing_eagerly() and not tf.is_symbolic_tensor(x)
-    if backend == "jax":
-        import jax
-
-        return not isinstance(x, jax.core.Tracer)
-    if backend == "torch":
-        import torch
-
-        return not torch.compiler.is_compiling()
-    return True
-
-
-def _sum_over_replicas(count):
-    """`(count summed over replicas, number of replicas, share of this replica's value)`.
-
-    Backend-specific: each backend exposes data parallelism differently (see
-    the class docstring for the conventions).
-    """
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            replicas = context.num_replicas_in_sync
-            return context.all_reduce("sum", count), float(replicas), 1.0 / replicas
-    elif backend == "torch":
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            count = count.detach().clone()
-            dist.all_reduce(count)
-            return count, float(dist.get_world_size()), 1.0
-    return count, 1.0, 1.0

@@ -3,6 +3,7 @@
 import keras
 
 from keras_vtx.models import presets
+from keras_vtx.models.overrides import check_backbone_overrides
 
 
 def get_model_class(class_name):
@@ -49,6 +50,39 @@ def transfer_weights(source, target):
         d.assign(value)
 
 
+def _registered_backbone_config(cls, preset, entry):
+    """The config of `cls` in a registered preset: its own, or the part of a task's."""
+    if issubclass(get_model_class(entry["class_name"]), Backbone):
+        return entry["config"]
+    task = get_model_class(entry["class_name"])
+    keys = [key for key, part in task.preset_backbones().items() if issubclass(part, cls)
+            or issubclass(cls, part)]
+    if len(keys) != 1:
+        raise ValueError(
+            f"Preset {preset!r} builds a {entry['class_name']}, which holds no {cls.__name__}."
+        )
+    return entry["config"][keys[0]]
+
+
+def _backbone_of(model, cls, preset):
+    """`model` if it is a `cls`, else the one part of the task `model` that is."""
+    if isinstance(model, cls):
+        return model
+    parts = [getattr(model, key) for key in getattr(model, "preset_backbones", dict)()]
+    parts = [part for part in parts if isinstance(part, cls)]
+    if len(parts) != 1:
+        raise ValueError(
+            f"Preset {preset!r} holds a {type(model).__name__}, not a {cls.__name__}."
+        )
+    return parts[0]
+
+
+def _same_value(current, value):
+    if isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)):
+        return list(current) == list(value)
+    return type(current) is type(value) and current == value
+
+
 class Backbone(keras.Model):
     """Base class of backbones: functional models built from a config.
 
@@ -56,10 +90,6 @@ class Backbone(keras.Model):
     `super().__init__(inputs=..., outputs=...)`; they store every constructor
     argument and return it from `get_config()`.
     """
-
-    # Where a task's config and attributes hold this backbone: `from_preset`
-    # given a task's preset (a classifier, a CLIP model) returns that part.
-    preset_key = "backbone"
 
     def __call__(self, *args, **kwargs):
         if args:
@@ -85,35 +115,34 @@ class Backbone(keras.Model):
 
         Args:
             preset: a registered name (random weights), a directory written by
-                `save_to_preset()` or by transformers' `save_pretrained()`, or
-                `"hf://org/name"`.
-            **kwargs: config overrides (for example `image_size=384`, which
-                resamples the position embeddings of loaded weights).
+                `save_to_preset()` (of this backbone or of a task holding one,
+                whose backbone is returned), a directory written by
+                transformers' `save_pretrained()`, or `"hf://org/name"`.
+            **kwargs: config overrides, names of this class's constructor
+                arguments (for example `image_size=384`, which resamples the
+                position embeddings of loaded weights); an unknown name is an
+                error that lists the valid ones.
 
         Returns:
             A backbone instance.
         """
+        check_backbone_overrides(cls, kwargs)
         kind, value = presets.resolve_preset(preset)
         if kind == "name":
-            config = value["config"]
-            config = config.get(cls.preset_key, config)
+            config = _registered_backbone_config(cls, preset, value)
             return cls(**{**config, **kwargs})
         if kind == "transformers":
             from keras_vtx.convert import load_transformers_checkpoint
 
-            model = load_transformers_checkpoint(value, cls, **kwargs)
+            model = load_transformers_checkpoint(value, cls)
+        else:
+            model = _backbone_of(load_saved_preset(value), cls, preset)
+        config = model.get_config()
+        if all(k in config and _same_value(config[k], v) for k, v in kwargs.items()):
             return model
-        saved = load_saved_preset(value)
-        saved = getattr(saved, cls.preset_key, saved)
-        if not isinstance(saved, cls):
-            raise ValueError(
-                f"Preset {preset!r} holds a {type(saved).__name__}, not a {cls.__name__}."
-            )
-        if not kwargs:
-            return saved
-        model = cls(**{**saved.get_config(), **kwargs})
-        transfer_weights(saved, model)
-        return model
+        rebuilt = cls.from_config({**config, **kwargs})
+        transfer_weights(model, rebuilt)
+        return rebuilt
 
     def save_to_preset(self, path, overwrite=False):
         """Writes the config and weights to the directory `path` (reload with `from_preset`).

@@ -1,41 +1,22 @@
 """Base class of task models (a backbone plus a head), with preset handling."""
 
-import inspect
+import json
+import warnings
 
 import keras
 
+from keras_vtx.backend import build_optimizer_before_tracing
 from keras_vtx.models import presets
-from keras_vtx.models.backbone import load_saved_preset, transfer_weights
-
-
-def build_optimizer_before_tracing(model):
-    """Builds `model.optimizer` for its trainable variables, if TensorFlow would build it in the step.
-
-    Without a distribution strategy, Keras' TensorFlow trainer builds the optimizer
-    (its slot variables) inside the first trace of the training step, and a
-    `tf.function` that creates variables is traced a second time: every first
-    `fit()` on TensorFlow paid the tracing (and XLA's compilation) of the step
-    twice. Building it beforehand, as Keras already does under a strategy and on
-    JAX and PyTorch, leaves one trace. Nothing happens on other backends, under a
-    distribution strategy (Keras builds in its scope), or while a layer is unbuilt
-    (its variables do not exist yet).
-    """
-    if keras.backend.backend() != "tensorflow":
-        return
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is None or optimizer.built or getattr(model, "_distribute_strategy", None):
-        return
-    import tensorflow as tf
-
-    if tf.distribute.has_strategy() or not all(
-        layer.built for layer in model._flatten_layers()
-    ):
-        return
-    optimizer.build(model.trainable_variables)
+from keras_vtx.models.backbone import get_model_class, load_saved_preset, transfer_weights
+from keras_vtx.models.overrides import split_task_overrides
 
 
 class OptimizerBuiltBeforeFit:
-    """Mixin: `fit()` builds the optimizer before the training step is traced (see above)."""
+    """Mixin: `fit()` builds the optimizer before the training step is traced.
+
+    See `keras_vtx.backend.build_optimizer_before_tracing`: TensorFlow would
+    otherwise trace (and compile) the first training step twice.
+    """
 
     def fit(self, *args, **kwargs):
         build_optimizer_before_tracing(self)
@@ -53,22 +34,23 @@ class TaskPresets:
     """
 
     backbone_cls = None
+    # Arguments that `from_preset` passes to every backbone (see `overrides`).
+    shared_backbone_arguments = ()
+    # Whether rebuilding with overrides warns about weights that start from random values.
+    warn_on_fresh_weights = False
+
+    @classmethod
+    def preset_backbones(cls):
+        """Maps each backbone's constructor argument to its class (`{"backbone": ...}`)."""
+        return {"backbone": cls.backbone_cls}
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        if isinstance(config.get("backbone"), dict):
-            config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        for key in cls.preset_backbones():
+            if isinstance(config.get(key), dict):
+                config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
-
-    @classmethod
-    def _split_kwargs(cls, kwargs):
-        backbone_args = set(inspect.signature(cls.backbone_cls.__init__).parameters) - {
-            "self", "kwargs", "name", "dtype"
-        }
-        backbone_kwargs = {k: v for k, v in kwargs.items() if k in backbone_args}
-        task_kwargs = {k: v for k, v in kwargs.items() if k not in backbone_args}
-        return backbone_kwargs, task_kwargs
 
     @classmethod
     def from_preset(cls, preset, **kwargs):
@@ -76,63 +58,118 @@ class TaskPresets:
 
         Args:
             preset: a registered name (random weights), a directory written by
-                `save_to_preset()` or by transformers' `save_pretrained()`, or
-                `"hf://org/name"`.
-            **kwargs: overrides of the backbone's config (for example
-                `image_size`) or the task's (for example `num_classes`). A new
-                `num_classes` gives a freshly initialised head; a new image size
-                resamples the position embeddings.
+                `save_to_preset()` (of this task or of its backbone, which then
+                gets a fresh head), a directory written by transformers'
+                `save_pretrained()`, or `"hf://org/name"`.
+            **kwargs: overrides. The task's own constructor arguments (for
+                example `num_classes`, `activation`, `dropout`) go to the task;
+                `backbone_config={...}` overrides the backbone's config, and a
+                name that only the backbone takes (for example `image_size`)
+                goes to it too. An unknown name is an error that lists the
+                valid ones. A new `num_classes` gives a freshly initialised
+                head; a new image size resamples the position embeddings.
 
         Returns:
             A task instance.
         """
-        backbone_kwargs, task_kwargs = cls._split_kwargs(kwargs)
+        task_kwargs, backbone_kwargs = split_task_overrides(cls, kwargs)
         kind, value = presets.resolve_preset(preset)
         if kind == "name":
-            config = dict(value["config"])
-            if "backbone" not in config:
-                backbone = cls.backbone_cls(**{**config, **backbone_kwargs})
-                return cls(backbone=backbone, **task_kwargs)
-            backbone = cls.backbone_cls(**{**config.pop("backbone"), **backbone_kwargs})
-            config = _forget_class_names(config, task_kwargs)
-            return cls(backbone=backbone, **{**config, **task_kwargs})
+            return cls._from_registered(preset, value, task_kwargs, backbone_kwargs)
         if kind == "transformers":
             from keras_vtx.convert import load_transformers_checkpoint
 
-            return load_transformers_checkpoint(value, cls, **kwargs)
-        saved = load_saved_preset(value)
-        if isinstance(saved, cls.backbone_cls):
-            backbone = cls.backbone_cls.from_config({**saved.get_config(), **backbone_kwargs})
-            transfer_weights(saved, backbone)
-            return cls(backbone=backbone, **task_kwargs)
-        if not isinstance(saved, cls):
-            raise ValueError(
-                f"Preset {preset!r} holds a {type(saved).__name__}, not a {cls.__name__}."
-            )
-        if not kwargs:
-            return saved
-        return saved.rebuild_with(backbone_kwargs, task_kwargs)
+            model = load_transformers_checkpoint(value, cls, task_kwargs)
+        else:
+            model = load_saved_preset(value)
+        model = cls._adopt(model, preset, task_kwargs)
+        return model.rebuild_with(backbone_kwargs, task_kwargs)
+
+    @classmethod
+    def _from_registered(cls, preset, entry, task_kwargs, backbone_kwargs):
+        backbones = cls.preset_backbones()
+        config = dict(entry["config"])
+        if not all(isinstance(config.get(key), dict) for key in backbones):
+            registered = get_model_class(entry["class_name"])
+            if len(backbones) != 1 or not issubclass(registered, cls.backbone_cls):
+                raise ValueError(
+                    f"Preset {preset!r} builds a {entry['class_name']}, not a {cls.__name__} "
+                    f"or its backbone."
+                )
+            config = {"backbone": config}
+        for key, backbone_cls in backbones.items():
+            config[key] = backbone_cls(**{**config[key], **backbone_kwargs.get(key, {})})
+        config = _forget_class_names(config, task_kwargs)
+        return cls(**{**config, **task_kwargs})
+
+    @classmethod
+    def _adopt(cls, model, preset, task_kwargs):
+        """Turns a loaded model into a `cls`: itself, or its backbone with a fresh head."""
+        if isinstance(model, cls):
+            return model
+        if len(cls.preset_backbones()) == 1 and isinstance(model, cls.backbone_cls):
+            return cls(backbone=model, **task_kwargs)
+        raise ValueError(
+            f"Preset {preset!r} holds a {type(model).__name__}, not a {cls.__name__}."
+        )
 
     def rebuild_with(self, backbone_kwargs, task_kwargs):
-        """Returns a copy with config overrides, transferring every weight that still fits."""
-        backbone = self.backbone_cls.from_config(
-            {**self.backbone.get_config(), **backbone_kwargs}
-        )
-        transfer_weights(self.backbone, backbone)
-        config = {k: v for k, v in self.get_config().items() if k != "backbone"}
-        config = {k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")}
+        """Returns the model with config overrides, keeping every weight that still fits.
+
+        Args:
+            backbone_kwargs: dict keyed like `preset_backbones()` (`"backbone"`,
+                or CLIP's `"image_encoder"` and `"text_encoder"`) of dicts of
+                overrides of that backbone's config.
+            task_kwargs: dict of overrides of the task's own arguments.
+
+        Returns:
+            `self` when no override changes anything; otherwise a new model.
+            The backbones' weights move with `transfer_weights` (which
+            resamples position embeddings for a new image size); the task's
+            own weights are copied where their names and shapes still match
+            (a new `num_classes` gives a fresh head).
+        """
+        backbones = self.preset_backbones()
+        unknown = sorted(set(backbone_kwargs) - set(backbones))
+        if unknown:
+            raise ValueError(
+                f"`backbone_kwargs` must be keyed by {sorted(backbones)}; received {unknown}."
+            )
+        config = self.get_config()
+        task_changes = {k: v for k, v in task_kwargs.items() if not _same(config.get(k), v)}
+        backbone_changes = {
+            key: {k: v for k, v in backbone_kwargs.get(key, {}).items()
+                  if not _same(getattr(self, key).get_config().get(k), v)}
+            for key in backbones
+        }
+        if not task_changes and not any(backbone_changes.values()):
+            return self
+        new_backbones = {}
+        for key in backbones:
+            old = getattr(self, key)
+            new_backbones[key] = type(old).from_config(
+                {**old.get_config(), **backbone_kwargs.get(key, {})}
+            )
+            transfer_weights(old, new_backbones[key])
+        config = {k: v for k, v in config.items()
+                  if k not in backbones and k not in ("name", "trainable", "dtype")}
         config = _forget_class_names(config, task_kwargs)
-        model = type(self)(backbone=backbone, **{**config, **task_kwargs})
-        backbone_ids = {id(v) for v in backbone.weights}
-        own = [v for v in model.weights if id(v) not in backbone_ids]
-        backbone_ids = {id(v) for v in self.backbone.weights}
-        old = [v for v in self.weights if id(v) not in backbone_ids]
-        if len(own) == len(old) and all(
-            tuple(a.shape) == tuple(b.shape) for a, b in zip(own, old)
-        ):
-            for a, b in zip(own, old):
-                a.assign(b.value)
+        model = type(self)(**new_backbones, **{**config, **task_kwargs})
+        fresh = _copy_own_weights(self, model, backbones)
+        if fresh and self.warn_on_fresh_weights:
+            changes = {**{k: v for d in backbone_changes.values() for k, v in d.items()},
+                       **task_changes}
+            changes = ", ".join(f"{k}={v!r}" for k, v in changes.items() if k != "class_names")
+            warnings.warn(
+                f"{type(self).__name__} with {changes}: {', '.join(fresh)} changed shape or "
+                "are new, and start from random values; every other weight is kept.",
+                stacklevel=3,
+            )
+        model._finish_rebuild(self)
         return model
+
+    def _finish_rebuild(self, source):
+        """Hook after `rebuild_with` copied the weights of `source` (CLIP clips its scale)."""
 
     def save_to_preset(self, path, overwrite=False):
         """Writes the config and weights to the directory `path` (reload with `from_preset`).
@@ -154,6 +191,56 @@ class Task(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
         if args:
             self.backbone.validate_inputs(args[0])
         return super().__call__(*args, **kwargs)
+
+
+def _relative_path(variable, model):
+    """A variable's path without the model's own name (a rebuilt model gets a new one)."""
+    prefix = model.name + "/"
+    return variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
+
+
+def _copy_own_weights(source, target, backbones):
+    """Copies the task's own (non-backbone) weights; returns the paths left fresh.
+
+    In creation order when both models have the same own weights' shapes; by
+    path (without the model's name) and shape otherwise.
+    """
+    def own(model):
+        skip = {id(v) for key in backbones for v in getattr(model, key).weights}
+        return [v for v in model.weights if id(v) not in skip]
+
+    old, new = own(source), own(target)
+    if len(old) == len(new) and all(tuple(a.shape) == tuple(b.shape) for a, b in zip(old, new)):
+        for a, b in zip(new, old):
+            a.assign(b.value)
+        return []
+    by_path = {_relative_path(v, source): v for v in old}
+    fresh = []
+    for variable in new:
+        key = _relative_path(variable, target)
+        match = by_path.get(key)
+        if match is not None and tuple(match.shape) == tuple(variable.shape):
+            variable.assign(match.value)
+        elif not key.endswith("seed_generator_state"):
+            fresh.append(key)
+    return fresh
+
+
+def _same(current, value):
+    """Whether an override leaves a config value as it is (tuples equal lists)."""
+    try:
+        return json.dumps(current, sort_keys=True, default=_plain) == json.dumps(
+            value, sort_keys=True, default=_plain)
+    except TypeError:
+        return False
+
+
+def _plain(value):
+    if isinstance(value, tuple):
+        return list(value)
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(type(value).__name__)
 
 
 def _forget_class_names(config, task_kwargs):

@@ -13,26 +13,18 @@ import types
 import keras
 import numpy as np
 
+from keras_vtx.backend import host_values
+
 
 def concrete_ids(token_ids):
     """Returns `token_ids` as a NumPy array when its values are known, else None.
 
     Values are unknown while tracing (`tf.function`, `jax.jit`) and for
-    symbolic Keras tensors; those calls check shapes and dtypes only.
+    symbolic Keras tensors; those calls check shapes and dtypes only. Tensors
+    on an accelerator are not read back either (that would synchronise every
+    step): `keras_vtx.backend.host_values`.
     """
-    if isinstance(token_ids, (np.ndarray, list, tuple, int)):
-        return np.asarray(token_ids)
-    if isinstance(token_ids, keras.KerasTensor):
-        return None
-    device = getattr(token_ids, "device", None)
-    if getattr(device, "type", "cpu") != "cpu":
-        # A torch tensor on an accelerator: reading it back would synchronise every
-        # training step, so only shapes and dtypes are checked.
-        return None
-    try:
-        return keras.ops.convert_to_numpy(token_ids)
-    except Exception:  # a tracer or a graph tensor: no values yet
-        return None
+    return host_values(token_ids)
 
 
 def check_id_values(token_ids, name, high, what):

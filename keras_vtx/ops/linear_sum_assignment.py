@@ -17,6 +17,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_vtx import backend
+
 
 def _as_batched(cost, mask):
     """Checked tensors, the cost as a batch `(B, N, M)`, and whether it was unbatched."""
@@ -327,22 +329,10 @@ def _scipy_solve(cost, mask):
 
 
 def _host_callback(cost, mask, num_pairs):
-    # The one backend-specific function of keras_vtx.ops: each backend has its own way
-    # of calling NumPy from a (possibly compiled) graph.
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        out = jax.ShapeDtypeStruct((cost.shape[0], num_pairs), np.int32)
-        return jax.pure_callback(_scipy_solve, (out, out), cost, mask, vmap_method="sequential")
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        row_ind, col_ind = tf.numpy_function(_scipy_solve, [cost, mask], [tf.int32, tf.int32])
-        shape = (cost.shape[0], num_pairs)
-        return tf.ensure_shape(row_ind, shape), tf.ensure_shape(col_ind, shape)
-    out = _scipy_solve(ops.convert_to_numpy(cost), ops.convert_to_numpy(mask))
-    return tuple(ops.convert_to_tensor(x) for x in out)
+    # NumPy (SciPy) called from a possibly compiled graph: keras_vtx.backend.host_callback.
+    shape = (cost.shape[0], num_pairs)
+    return backend.host_callback(_scipy_solve, ((shape, np.int32), (shape, np.int32)),
+                                 cost, mask)
 
 
 def scipy_linear_sum_assignment(cost, mask=None):

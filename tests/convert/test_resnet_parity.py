@@ -17,7 +17,6 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from keras_vtx.convert.resnet import (  # noqa: E402
-    load_resnet,
     load_resnet_weights,
     resnet_config_from_transformers,
 )
@@ -176,7 +175,7 @@ def test_load_resnet_checkpoint_directory(tmp_path):
     classifier = transformers.ResNetForImageClassification(config).eval()
     classifier.resnet = reference_model(seed=4)
     classifier.save_pretrained(str(tmp_path))
-    model = load_resnet(str(tmp_path), config.to_dict(), ResNetBackbone, frozen_stages=2)
+    model = ResNetBackbone.from_preset(str(tmp_path), frozen_stages=2)  # overrides after conversion
     assert model.frozen_stages == 2 and model.stage_filters == (2, 4, 4, 8)
     images = random_images(1, EVEN, seed=5)
     check(model(images), reference_features(classifier.resnet, images))

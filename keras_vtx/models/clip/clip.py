@@ -5,13 +5,15 @@ from keras import ops
 
 from keras_vtx.layers import ImageNormalization
 from keras_vtx.losses import CLIPLoss
-from keras_vtx.models import presets
-from keras_vtx.models.backbone import load_saved_preset, transfer_weights
 from keras_vtx.models.clip.clip_text_encoder import CLIPTextEncoder
-from keras_vtx.models.task import OptimizerBuiltBeforeFit
+from keras_vtx.models.task import OptimizerBuiltBeforeFit, TaskPresets
 from keras_vtx.models.token_ids import CheckedTokenIds
+from keras_vtx.models.training_defaults import adamw, no_decay_variables
 from keras_vtx.models.vit import ViTBackbone
 from keras_vtx.ops.normalize import l2_normalize
+
+# CLIP's addition to the no-decay rule (keras_vtx.models.training_defaults).
+NO_DECAY_NAMES = ("class_token",)
 
 # The released models' preprocessing (pixels in [0, 1]), from the reference
 # implementation's image transform.
@@ -46,7 +48,7 @@ class MaxValue(keras.constraints.Constraint):
 
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
-class CLIP(CheckedTokenIds, OptimizerBuiltBeforeFit, keras.Model):
+class CLIP(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
     """Contrastive Language-Image Pre-training (Radford et al., ICML 2021).
 
     An image encoder (a `ViTBackbone` configured as CLIP's: a LayerNorm before
@@ -294,36 +296,16 @@ class CLIP(CheckedTokenIds, OptimizerBuiltBeforeFit, keras.Model):
             **kwargs: passed to `keras.Model.compile` (for example `jit_compile`).
         """
         if optimizer == "auto":
-            if total_steps <= warmup_steps:
-                raise ValueError(
-                    f"`total_steps` ({total_steps}) must exceed `warmup_steps` "
-                    f"({warmup_steps})."
-                )
-            schedule = keras.optimizers.schedules.CosineDecay(
-                initial_learning_rate=0.0,
-                decay_steps=total_steps - warmup_steps,
-                warmup_target=learning_rate,
-                warmup_steps=warmup_steps,
-            )
-            optimizer = keras.optimizers.AdamW(
-                learning_rate=schedule,
-                weight_decay=weight_decay,
-                beta_1=beta_1,
-                beta_2=beta_2,
-                epsilon=epsilon,
-                global_clipnorm=global_clipnorm,
-            )
-            optimizer.exclude_from_weight_decay(var_list=self.no_decay_variables())
+            optimizer = adamw(self, learning_rate, total_steps, warmup_steps, weight_decay,
+                              NO_DECAY_NAMES, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                              global_clipnorm=global_clipnorm)
         if loss == "auto":
             loss = CLIPLoss(label_smoothing=label_smoothing)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def no_decay_variables(self):
         """Variables without weight decay: gains, biases, the class token, `logit_scale`."""
-        return [
-            v for v in self.trainable_variables
-            if len(v.shape) <= 1 or "class_token" in v.path
-        ]
+        return no_decay_variables(self, NO_DECAY_NAMES)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss_fn = self.loss
@@ -351,79 +333,18 @@ class CLIP(CheckedTokenIds, OptimizerBuiltBeforeFit, keras.Model):
 
     # --- Presets and serialisation ---
 
-    @classmethod
-    def from_preset(cls, preset, **kwargs):
-        """Builds CLIP from a preset name, a preset directory or an `hf://` address.
-
-        Args:
-            preset: a registered name (random weights), a directory written by
-                `save_to_preset()`, a directory written by transformers'
-                `CLIPModel.save_pretrained()`, or `"hf://org/name"` (for
-                example `"hf://openai/clip-vit-base-patch32"`).
-            **kwargs: overrides of `CLIP`'s own arguments (for example
-                `include_preprocessing=False`), `image_encoder` /
-                `text_encoder` dicts of overrides of the encoders' configs, and
-                `remat=True` to rematerialise both encoders' blocks in
-                training (gradient checkpointing; see `ViTBackbone`).
-
-        Returns:
-            A `CLIP` instance.
-        """
-        kind, value = presets.resolve_preset(preset)
-        if kind == "transformers":
-            from keras_vtx.convert import load_transformers_checkpoint
-
-            return load_transformers_checkpoint(value, cls, **kwargs)
-        if kind == "name":
-            return cls._from_config_with_overrides(dict(value["config"]), kwargs)
-        saved = load_saved_preset(value)
-        if not isinstance(saved, cls):
-            raise ValueError(
-                f"Preset {preset!r} holds a {type(saved).__name__}, not a {cls.__name__}."
-            )
-        if not kwargs:
-            return saved
-        config = {k: v for k, v in saved.get_config().items()
-                  if k not in ("name", "trainable", "dtype")}
-        config["image_encoder"] = saved.image_encoder.get_config()
-        config["text_encoder"] = saved.text_encoder.get_config()
-        model = cls._from_config_with_overrides(config, kwargs)
-        transfer_weights(saved.image_encoder, model.image_encoder)
-        transfer_weights(saved.text_encoder, model.text_encoder)
-        for ours, theirs in ((model.image_projection, saved.image_projection),
-                             (model.text_projection, saved.text_projection)):
-            if tuple(ours.kernel.shape) == tuple(theirs.kernel.shape):
-                ours.kernel.assign(theirs.kernel.value)
-        model.logit_scale.assign(
-            ops.minimum(saved.logit_scale.value, model.logit_scale_max)
-        )
-        return model
+    # `from_preset` (from `TaskPresets`): CLIP's own arguments go to CLIP,
+    # `image_encoder_config={...}` / `text_encoder_config={...}` (or the same dicts
+    # as `image_encoder=` / `text_encoder=`) to one tower, and `remat=True` to both.
+    shared_backbone_arguments = ("remat",)
 
     @classmethod
-    def _from_config_with_overrides(cls, config, overrides):
-        overrides = dict(overrides)
-        image, text = dict(config.pop("image_encoder")), dict(config.pop("text_encoder"))
-        if "remat" in overrides:  # both towers, unless a tower's own overrides say otherwise
-            image["remat"] = text["remat"] = overrides.pop("remat")
-        image.update(overrides.pop("image_encoder", {}))
-        text.update(overrides.pop("text_encoder", {}))
-        return cls(ViTBackbone(**image), CLIPTextEncoder(**text), **{**config, **overrides})
+    def preset_backbones(cls):
+        return {"image_encoder": ViTBackbone, "text_encoder": CLIPTextEncoder}
 
-    def save_to_preset(self, path, overwrite=False):
-        """Writes the config and weights to the directory `path` (reload with `from_preset`).
-
-        The weights' SHA-256 is recorded and checked on loading. A directory
-        that already holds a preset is only replaced with `overwrite=True`.
-        """
-        presets.save_preset(self, path, overwrite=overwrite)
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("image_encoder", "text_encoder"):
-            if isinstance(config.get(key), dict):
-                config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
+    def _finish_rebuild(self, source):
+        # A lower `logit_scale_max` clips the trained temperature.
+        self.logit_scale.assign(ops.minimum(source.logit_scale.value, self.logit_scale_max))
 
     def get_config(self):
         return {

@@ -57,9 +57,6 @@ class CLIPTextEncoder(CheckedTokenIds, Backbone):
     ((1, 8, 16), (1, 16))
     """
 
-    # `from_preset` of a `CLIP` preset (name, directory or checkpoint) gives its text tower.
-    preset_key = "text_encoder"
-
     def __init__(
         self,
         vocabulary_size=CLIP_VOCABULARY_SIZE,

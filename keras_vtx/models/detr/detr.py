@@ -1,8 +1,8 @@
-import warnings
 
 import keras
 from keras import ops
 
+from keras_vtx import backend
 from keras_vtx.layers.sine_position_encoding import SinePositionEncoding2D, sine_box_encoding
 from keras_vtx.layers.transformer_decoder_block import TransformerDecoderBlock
 from keras_vtx.layers.transformer_encoder_block import TransformerEncoderBlock
@@ -11,6 +11,7 @@ from keras_vtx.models.detr.detr_optimizer import ScaledAdamW, step_decay_schedul
 from keras_vtx.models.detr.detr_post_processing import post_process_detections
 from keras_vtx.models.detr.resnet_backbone import ResNetBackbone
 from keras_vtx.models.task import OptimizerBuiltBeforeFit, TaskPresets
+from keras_vtx.models.training_defaults import check_class_names
 
 QUERY_TYPES = ("learned", "anchor")
 
@@ -109,6 +110,9 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
     """
 
     backbone_cls = ResNetBackbone
+    # Overrides such as `num_queries` or `query_type="anchor"` restart parts of a
+    # trained detector: `rebuild_with` names them in a warning.
+    warn_on_fresh_weights = True
 
     def __init__(
         self,
@@ -151,13 +155,7 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
                 f"`hidden_dim` ({hidden_dim}) must be divisible by `num_heads` ({num_heads}) "
                 "and by 4 (the sine encoding's sin/cos pairs of y and x)."
             )
-        if class_names is not None:
-            if isinstance(class_names, str) or len(class_names) != num_classes:
-                raise ValueError(
-                    f"`class_names` must be a sequence of `num_classes` ({num_classes}) "
-                    f"strings; received {class_names!r:.200}."
-                )
-            class_names = tuple(str(c) for c in class_names)
+        class_names = check_class_names(class_names, num_classes)
         if query_type not in QUERY_TYPES:
             raise ValueError(f"`query_type` must be one of {QUERY_TYPES}; received {query_type!r}.")
         if isinstance(denoising_groups, bool) or not isinstance(denoising_groups, int) \
@@ -575,9 +573,7 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
                 f"received {type(loss).__name__}."
             )
         if jit_compile == "auto":
-            jit_compile = keras.backend.backend() in ("tensorflow", "jax") and not (
-                _tensorflow_replicas() > 1
-            )
+            jit_compile = backend.default_jit_compile()
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
                         jit_compile=jit_compile, **kwargs)
         # `compute_loss` calls the set loss itself with the target and output dicts.
@@ -619,40 +615,6 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
 
     # --- Serialisation ---
 
-    def rebuild_with(self, backbone_kwargs, task_kwargs):
-        """Returns a copy with config overrides, keeping every weight whose shape still fits.
-
-        Weights are matched by name: a new `num_classes` replaces only the
-        class head, a new `num_queries` only the object queries, and options
-        that add weights (`denoising_groups`, `query_type="anchor"`) start
-        those fresh; the rest of the trained model is kept. A warning names
-        every weight that starts from random values.
-        """
-        backbone = self.backbone_cls.from_config(
-            {**self.backbone.get_config(), **backbone_kwargs}
-        )
-        config = {k: v for k, v in self.get_config().items()
-                  if k not in ("backbone", "name", "trainable", "dtype")}
-        if task_kwargs.get("num_classes", self.num_classes) != self.num_classes:
-            config.pop("class_names", None)
-        model = type(self)(backbone=backbone, **{**config, **task_kwargs})
-        source = {_relative_path(v, self): v for v in self.weights}
-        fresh = []
-        for variable in model.weights:
-            key = _relative_path(variable, model)
-            if key in source and tuple(source[key].shape) == tuple(variable.shape):
-                variable.assign(source[key].value)
-            elif not key.endswith("seed_generator_state"):
-                fresh.append(key)
-        if fresh:
-            changes = ", ".join(f"{k}={v!r}" for k, v in (backbone_kwargs | task_kwargs).items()
-                                if k != "class_names")
-            warnings.warn(
-                f"DETR with {changes}: {', '.join(fresh)} changed shape or are new, and start "
-                "from random values; every other weight is kept.", stacklevel=3,
-            )
-        return model
-
     def get_config(self):
         return {
             "name": self.name,
@@ -677,21 +639,6 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
             "denoising_label_noise": self.denoising_label_noise,
             "denoising_box_noise": self.denoising_box_noise,
         }
-
-
-def _relative_path(variable, model):
-    """A variable's path without the model's own name (a rebuilt model gets a new one)."""
-    prefix = model.name + "/"
-    return variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
-
-
-def _tensorflow_replicas():
-    """Replicas of the active `tf.distribute` strategy (1 without one, or on other backends)."""
-    if keras.backend.backend() != "tensorflow":
-        return 1
-    import tensorflow as tf
-
-    return tf.distribute.get_strategy().num_replicas_in_sync
 
 
 def inverse_sigmoid(x, epsilon=1e-5):

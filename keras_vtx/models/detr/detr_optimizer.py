@@ -5,15 +5,11 @@ import re
 import keras
 from keras import ops
 
-_TORCH_ADAM = None
-if keras.backend.backend() == "torch":
-    try:  # Keras' multi-tensor (torch._foreach) Adam update for the PyTorch backend
-        import torch
-        from keras.src.backend.torch.optimizers import torch_adam
+from keras_vtx.backend import torch_multi_tensor_adam_step
 
-        _TORCH_ADAM = torch_adam.Adam._parallel_update_step
-    except (ImportError, AttributeError):  # Keras moved it: the per-variable update
-        _TORCH_ADAM = None
+# Keras' multi-tensor (torch._foreach) Adam update on PyTorch; None elsewhere, or
+# when Keras moved it (the per-variable update then runs).
+_TORCH_ADAM = torch_multi_tensor_adam_step()
 
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
@@ -41,8 +37,8 @@ class ScaledAdamW(keras.optimizers.AdamW):
     On PyTorch, where Keras runs the optimizer eagerly, the variables are
     updated one group per multiplier with Keras' multi-tensor (`torch._foreach`)
     Adam step, as `keras.optimizers.AdamW` itself is there, instead of one
-    Python `update_step` per variable (DETR-R50 has about 300 variables: the
-    per-variable path took 40% of a small training step's host time).
+    Python `update_step` per variable (DETR-R50 has about 300 variables; the
+    cost of the per-variable path is in docs/benchmarks.md).
 
     Example:
     >>> fast, slow = keras.Variable([1.0]), keras.Variable([1.0])
@@ -103,6 +99,8 @@ class ScaledAdamW(keras.optimizers.AdamW):
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if _TORCH_ADAM is None:
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        import torch
+
         groups = {}
         for grad, variable in zip(grads, trainable_variables):
             group = groups.setdefault(self.learning_rate_multiplier(variable), ([], []))

@@ -4,11 +4,16 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_vtx import backend
 from keras_vtx.layers.flat_dense import apply_flat
 from keras_vtx.models.igpt import image_gpt_presets  # noqa: F401  (registers the presets)
 from keras_vtx.models.igpt.image_gpt_backbone import INITIALIZER_RANGE, ImageGPTBackbone
 from keras_vtx.models.task import OptimizerBuiltBeforeFit, TaskPresets
 from keras_vtx.models.token_ids import CheckedTokenIds, check_token_ids
+from keras_vtx.models.training_defaults import adamw, no_decay_variables
+
+# Image GPT's additions to the no-decay rule (keras_vtx.models.training_defaults).
+NO_DECAY_NAMES = ("token_embedding", "position_embedding")
 
 OBJECTIVES = ("autoregressive", "bert")
 
@@ -269,39 +274,17 @@ class ImageGPT(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, keras.Mode
                 f"'auto'; received {loss!r}."
             )
         if optimizer == "auto":
-            if learning_rate <= 0 or warmup_steps < 0:
-                raise ValueError(
-                    "`learning_rate` must be positive and `warmup_steps` >= 0; received "
-                    f"{learning_rate} and {warmup_steps}."
-                )
-            if total_steps is not None and total_steps <= warmup_steps:
-                raise ValueError(
-                    f"`total_steps` ({total_steps}) must exceed `warmup_steps` ({warmup_steps})."
-                )
-            decay_steps = (total_steps - warmup_steps) if total_steps else 1
-            schedule = keras.optimizers.schedules.CosineDecay(
-                initial_learning_rate=0.0 if warmup_steps else learning_rate,
-                decay_steps=decay_steps,
-                alpha=0.0 if total_steps else 1.0,  # alpha 1: no decay
-                warmup_target=learning_rate if warmup_steps else None,
-                warmup_steps=warmup_steps,
-            )
-            optimizer = keras.optimizers.AdamW(
-                learning_rate=schedule, weight_decay=weight_decay, beta_1=beta_1,
-                beta_2=beta_2, epsilon=epsilon, global_clipnorm=global_clipnorm,
-            )
-            optimizer.exclude_from_weight_decay(var_list=self.no_decay_variables())
+            optimizer = adamw(self, learning_rate, total_steps, warmup_steps, weight_decay,
+                              NO_DECAY_NAMES, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                              global_clipnorm=global_clipnorm)
         if jit_compile == "auto":
-            jit_compile = keras.backend.backend() in ("tensorflow", "jax")
+            jit_compile = backend.default_jit_compile()
         super().compile(optimizer=optimizer, loss=None, metrics=metrics,
                         jit_compile=jit_compile, **kwargs)
 
     def no_decay_variables(self):
         """Variables without weight decay: gains, biases and the embeddings."""
-        embeddings = {id(self.backbone.token_embedding.embeddings),
-                      id(self.backbone.position_embedding.embeddings)}
-        return [v for v in self.trainable_variables
-                if len(v.shape) <= 1 or id(v) in embeddings]
+        return no_decay_variables(self, NO_DECAY_NAMES)
 
     def token_nll(self, pixel_ids, y_pred):
         """Per-position negative log-likelihood in nats, float32 `(batch, length)`."""
@@ -419,20 +402,14 @@ class ImageGPT(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, keras.Mode
 
     # --- Presets and serialisation ---
 
-    @classmethod
-    def _split_kwargs(cls, kwargs):
-        backbone_kwargs, task_kwargs = super()._split_kwargs(kwargs)
-        # The objective decides the attention: causal for autoregressive, not for BERT.
-        if "objective" in task_kwargs and "causal" not in backbone_kwargs:
-            backbone_kwargs["causal"] = task_kwargs["objective"] == "autoregressive"
-        return backbone_kwargs, task_kwargs
+    @staticmethod
+    def derive_backbone_overrides(task_kwargs, backbone_kwargs):
+        """The objective decides the attention: causal for autoregressive, not for BERT.
 
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("backbone"), dict):
-            config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+        Called by `from_preset` on its routed overrides (see `keras_vtx.models.overrides`).
+        """
+        if "objective" in task_kwargs and "causal" not in backbone_kwargs["backbone"]:
+            backbone_kwargs["backbone"]["causal"] = task_kwargs["objective"] == "autoregressive"
 
     def get_config(self):
         return {

@@ -9,8 +9,10 @@ from keras_vtx.models.backbone import transfer_weights
 from keras_vtx.models.igpt.image_gpt import OBJECTIVES, ImageGPT, _as_palette
 from keras_vtx.models.igpt.image_gpt_backbone import ImageGPTBackbone
 from keras_vtx.models.igpt.image_gpt_features import draw_masks
+from keras_vtx.models.overrides import split_task_overrides
 from keras_vtx.models.task import OptimizerBuiltBeforeFit, TaskPresets
 from keras_vtx.models.token_ids import CheckedTokenIds
+from keras_vtx.models.training_defaults import check_class_names
 
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
@@ -88,13 +90,7 @@ class ImageGPTClassifier(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, 
             )
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1); received {dropout!r}.")
-        if class_names is not None:
-            if isinstance(class_names, str) or len(class_names) != num_classes:
-                raise ValueError(
-                    f"`class_names` must be a sequence of `num_classes` ({num_classes}) "
-                    f"strings; received {class_names!r:.200}."
-                )
-            class_names = tuple(str(c) for c in class_names)
+        class_names = check_class_names(class_names, num_classes)
         palette = _as_palette(palette)
         if palette is not None and palette.num_colors != backbone.vocabulary_size - 1:
             raise ValueError(
@@ -285,13 +281,7 @@ class ImageGPTClassifier(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, 
             model.lm_head.kernel.assign(keras.ops.convert_to_numpy(kernel))
         return model
 
-    @classmethod
-    def _split_kwargs(cls, kwargs):
-        backbone_kwargs, task_kwargs = super()._split_kwargs(kwargs)
-        # The objective decides the attention, as for ImageGPT.
-        if "objective" in task_kwargs and "causal" not in backbone_kwargs:
-            backbone_kwargs["causal"] = task_kwargs["objective"] == "autoregressive"
-        return backbone_kwargs, task_kwargs
+    derive_backbone_overrides = ImageGPT.derive_backbone_overrides
 
     @classmethod
     def from_preset(cls, preset, **kwargs):
@@ -301,20 +291,16 @@ class ImageGPTClassifier(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, 
             preset: a registered name, a directory written by `save_to_preset()`
                 (of a classifier or of an `ImageGPT`), a transformers
                 `save_pretrained()` directory or `"hf://org/name"`.
-            **kwargs: backbone config overrides and classifier arguments
-                (`num_classes` is needed unless the preset is a classifier).
+            **kwargs: the classifier's arguments (`num_classes` is needed unless
+                the preset is a classifier; `dropout` is the head's) and
+                backbone overrides (`backbone_config={"dropout": 0.1}`, or a
+                name only the backbone takes), as for every task.
 
         Returns:
             An `ImageGPTClassifier`.
         """
+        split_task_overrides(cls, kwargs)  # unknown names first
         kind, value = presets.resolve_preset(preset)
-        is_generator = kind == "transformers" or (
-            kind == "keras_vtx" and presets.read_preset_record(value)["class_name"] == "ImageGPT"
-        )
-        if is_generator:
-            backbone_kwargs, task_kwargs = cls._split_kwargs(kwargs)
-            generator = ImageGPT.from_preset(preset, **backbone_kwargs)
-            return cls.from_generator(generator, **task_kwargs)
         if kind == "name" and "num_classes" not in value["config"] and (
             "num_classes" not in kwargs
         ):
@@ -322,6 +308,17 @@ class ImageGPTClassifier(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, 
                 f"Preset {preset!r} has no classification head: pass `num_classes`."
             )
         return super().from_preset(preset, **kwargs)
+
+    @classmethod
+    def _adopt(cls, model, preset, task_kwargs):
+        if isinstance(model, ImageGPT):
+            if "num_classes" not in task_kwargs:
+                raise ValueError(
+                    f"Preset {preset!r} holds an ImageGPT, which has no classification "
+                    "head: pass `num_classes`."
+                )
+            return cls.from_generator(model, **task_kwargs)
+        return super()._adopt(model, preset, task_kwargs)
 
     def get_config(self):
         return {

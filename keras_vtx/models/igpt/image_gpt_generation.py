@@ -1,8 +1,9 @@
 """Sampling pixel ids from an autoregressive Image GPT, with or without a key/value cache."""
 
-import keras
 import numpy as np
 from keras import ops
+
+from keras_vtx import backend
 
 # Logit given to filtered-out colours: finite, so XLA and softmax never see inf - inf.
 _FILTERED = -1e30
@@ -92,8 +93,8 @@ def generate_pixel_ids(
     functions = model.__dict__.setdefault("_pixel_sampling_functions", {})
     key = (batch, prefix_length, bool(use_cache))
     if key not in functions:
-        functions[key] = _compile(_build_loop(model, prefix_length, use_cache),
-                                  _sampling_variables(model))
+        functions[key] = backend.compile_loop(_build_loop(model, prefix_length, use_cache),
+                                              _sampling_variables(model))
     # The options travel as tensors: changing them does not recompile.
     arguments = [
         ops.convert_to_tensor(ids),
@@ -278,7 +279,7 @@ def _select(logits, seed, step, temperature, top_k, top_p, greedy):
     keep = (ops.cumsum(probs, axis=-1) - probs) < top_p
     nucleus = ops.min(ops.where(keep, descending, -_FILTERED), axis=-1, keepdims=True)
     logits = ops.where(logits < ops.maximum(kth, nucleus), _FILTERED, logits)
-    uniform = _step_uniform(ops.shape(logits), seed, step, logits)
+    uniform = backend.stateless_uniform(ops.shape(logits), seed, step, logits)
     gumbel = -ops.log(-ops.log(uniform))
     return ops.cast(ops.argmax(logits + gumbel * (1.0 - greedy), axis=-1), "int32")
 
@@ -321,69 +322,3 @@ def _build_loop(model, prefix_length, use_cache):
 
 def _sampling_variables(model):
     return list(model.backbone.variables) + list(model.lm_head.variables)
-
-
-# --- backend-specific pieces (kept here, small) ------------------------------------------
-
-
-def _step_uniform(shape, seed, step, like):
-    """Uniform noise in (0, 1) that depends only on `(seed, step)`.
-
-    Backend-specific because `keras.random` takes a Python int or a stateful
-    `SeedGenerator`: neither can follow a traced loop index inside a compiled
-    loop, and a stateful stream would not give the cached and uncached loops
-    the same noise for the same pixel.
-    """
-    tiny = float(np.finfo("float32").tiny)
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        key = jax.random.fold_in(jax.random.PRNGKey(seed), step)
-        return jax.random.uniform(key, shape, "float32", minval=tiny, maxval=1.0)
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        pair = tf.stack([tf.cast(seed, "int32"), tf.cast(step, "int32")])
-        return tf.random.stateless_uniform(shape, pair, minval=tiny, maxval=1.0)
-    if backend == "torch":
-        import torch
-
-        # The CPU generator keeps 32 bits of its seed: mix (seed, step) into them.
-        mixed = int(np.random.SeedSequence([int(seed), int(step)]).generate_state(1)[0])
-        generator = torch.Generator(device=like.device)
-        generator.manual_seed(mixed)
-        noise = torch.rand(tuple(shape), generator=generator, device=like.device)
-        return noise.clamp_(min=tiny)
-    raise ValueError(f"Sampling supports the jax, tensorflow and torch backends; got {backend}.")
-
-
-def _compile(loop, variables):
-    """Compiles `loop(ids, seed, *options)` where the backend allows.
-
-    JAX: `jax.jit` of a stateless function that receives the weights as
-    arguments (so later weight updates are seen without recompiling).
-    TensorFlow: XLA (`jit_compile=True`), the variables are captured by
-    reference. PyTorch: eager, without autograd bookkeeping.
-    """
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        @jax.jit
-        def stateless(values, *arguments):
-            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                return loop(*arguments)
-
-        return lambda *arguments: stateless([v.value for v in variables], *arguments)
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(loop, jit_compile=True)
-    import torch
-
-    def eager(*arguments):
-        with torch.no_grad():
-            return loop(*arguments)
-
-    return eager

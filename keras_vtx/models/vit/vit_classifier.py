@@ -2,30 +2,17 @@ import keras
 
 from keras_vtx.layers import ImageNormalization
 from keras_vtx.models.task import Task
+from keras_vtx.models.training_defaults import (
+    adamw,
+    check_class_names,
+    no_decay_variables,
+    warmup_cosine_schedule,
+)
 from keras_vtx.models.vit.vit_backbone import ViTBackbone
 
-
-def warmup_cosine_schedule(learning_rate, total_steps, warmup_steps):
-    """Linear warm-up from 0 to `learning_rate`, then cosine decay to 0 (ViT's schedule)."""
-    if total_steps <= warmup_steps:
-        raise ValueError(
-            f"`total_steps` ({total_steps}) must exceed `warmup_steps` ({warmup_steps})."
-        )
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0,
-        decay_steps=total_steps - warmup_steps,
-        warmup_target=learning_rate,
-        warmup_steps=warmup_steps,
-    )
-
-
-def no_decay_variables(model):
-    """Variables without weight decay: biases, norm scales, embeddings and tokens."""
-    names = ("position_embedding", "class_token", "probe")
-    return [
-        v for v in model.trainable_variables
-        if len(v.shape) <= 1 or any(n in v.path for n in names)
-    ]
+# ViT's additions to the no-decay rule (keras_vtx.models.training_defaults): the
+# position embeddings, the class token and the MAP head's probe.
+NO_DECAY_NAMES = ("position_embedding", "class_token", "probe")
 
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
@@ -88,13 +75,7 @@ class ViTClassifier(Task):
             raise ValueError(f"`num_classes` must be a positive int; received {num_classes}.")
         if activation not in (None, "softmax"):
             raise ValueError(f"`activation` must be None or 'softmax'; received {activation!r}.")
-        if class_names is not None:
-            if isinstance(class_names, str) or len(class_names) != int(num_classes):
-                raise ValueError(
-                    f"`class_names` must be a sequence of `num_classes` ({num_classes}) "
-                    f"strings; received {class_names!r:.200}."
-                )
-            class_names = tuple(str(c) for c in class_names)
+        class_names = check_class_names(class_names, num_classes)
         images = keras.Input(shape=backbone.input_shape[1:], name="images")
         x = images
         if include_preprocessing:
@@ -167,7 +148,8 @@ class ViTClassifier(Task):
                 else head_weight_decay,
                 global_clipnorm=global_clipnorm,
             )
-            optimizer.exclude_from_weight_decay(var_list=no_decay_variables(self))
+            optimizer.exclude_from_weight_decay(
+                var_list=no_decay_variables(self, NO_DECAY_NAMES))
             optimizer.set_head_variables(self.get_layer("head").trainable_variables)
         elif head_weight_decay is not None:
             raise ValueError(
@@ -175,12 +157,8 @@ class ViTClassifier(Task):
                 f"optimizer={optimizer!r}."
             )
         if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(
-                learning_rate=warmup_cosine_schedule(learning_rate, total_steps, warmup_steps),
-                weight_decay=weight_decay,
-                global_clipnorm=global_clipnorm,
-            )
-            optimizer.exclude_from_weight_decay(var_list=no_decay_variables(self))
+            optimizer = adamw(self, learning_rate, total_steps, warmup_steps, weight_decay,
+                              NO_DECAY_NAMES, global_clipnorm=global_clipnorm)
         dense_labels = loss == "categorical"
         if loss in ("auto", "categorical"):
             if dense_labels:

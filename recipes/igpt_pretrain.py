@@ -318,7 +318,7 @@ def run_probes(args, model, data, output):
     the training features. With BERT the features are averaged over
     `--probe-masks` random maskings, and the first mask alone is probed too.
     """
-    from keras_vtx.models.igpt.image_gpt_features import probe_image_gpt
+    from keras_vtx.analysis import probe_image_gpt
 
     train = first_examples(data.train, args.probe_examples)
     test = first_examples(data.validation, data.num_validation)

@@ -649,8 +649,7 @@ IGPT = notebook_cells("igpt_sampling_and_probes", """\
         on held-out ones.
         """),
     code("""\
-        from keras_vtx.analysis import plot_layer_probe_accuracy
-        from keras_vtx.models import probe_image_gpt
+        from keras_vtx.analysis import plot_layer_probe_accuracy, probe_image_gpt
 
 
         def first_examples(dataset, count):

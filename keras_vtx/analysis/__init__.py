@@ -8,7 +8,8 @@
   encoder's self-attention at chosen pixels (the DETR paper's figures 3 and 6).
 - CLIP: the zero-shot panel (an image and its top-k prompts, figure 21);
   embedding-set similarity of groups of images from any encoder of the package.
-- Image GPT: the completion grid and probe accuracy by layer.
+- Image GPT: the completion grid, linear probes of every layer
+  (`probe_image_gpt`, with BERT mask ensembles) and their plot.
 - Linear probes of frozen features, and detections drawn on images.
 
 Attention comes out of the models through an explicit option
@@ -38,6 +39,7 @@ from keras_vtx.analysis.embedding_sets import (
     embedding_set_similarity,
     plot_embedding_set_similarity,
 )
+from keras_vtx.analysis.image_gpt_probes import extract_layer_features, probe_image_gpt
 from keras_vtx.analysis.linear_probe import (
     LinearProbe,
     extract_features,
@@ -72,6 +74,7 @@ __all__ = [
     "embed_images",
     "embedding_set_similarity",
     "extract_features",
+    "extract_layer_features",
     "few_shot_probe",
     "fill_masked",
     "mean_attention_distance",
@@ -88,6 +91,7 @@ __all__ = [
     "plot_position_embedding_similarity",
     "plot_zero_shot_panel",
     "position_embedding_similarity",
+    "probe_image_gpt",
     "probe_layers",
     "sweep_regularization",
     "uniform_attention_distance",

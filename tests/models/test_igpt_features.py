@@ -2,14 +2,9 @@ import numpy as np
 import pytest
 from keras import ops
 
+from keras_vtx.analysis import extract_layer_features, probe_image_gpt
 from keras_vtx.models.igpt.image_gpt import ImageGPT
-from keras_vtx.models.igpt.image_gpt_features import (
-    draw_masks,
-    extract_layer_features,
-    feature_model,
-    layer_features,
-    probe_image_gpt,
-)
+from keras_vtx.models.igpt.image_gpt_features import draw_masks, feature_model, layer_features
 from tests.test_case import randomize_weights, to_numpy
 
 

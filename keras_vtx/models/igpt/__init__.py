@@ -5,11 +5,7 @@ from keras_vtx.models.igpt.color_palette import ColorPalette
 from keras_vtx.models.igpt.image_gpt import ImageGPT
 from keras_vtx.models.igpt.image_gpt_backbone import ImageGPTBackbone
 from keras_vtx.models.igpt.image_gpt_classifier import ImageGPTClassifier
-from keras_vtx.models.igpt.image_gpt_features import (
-    extract_layer_features,
-    layer_features,
-    probe_image_gpt,
-)
+from keras_vtx.models.igpt.image_gpt_features import layer_features
 from keras_vtx.models.igpt.image_gpt_generation import generate_pixel_ids
 from keras_vtx.models.igpt.image_gpt_presets import count_parameters
 
@@ -19,8 +15,6 @@ __all__ = [
     "ImageGPTBackbone",
     "ImageGPTClassifier",
     "count_parameters",
-    "extract_layer_features",
     "generate_pixel_ids",
     "layer_features",
-    "probe_image_gpt",
 ]

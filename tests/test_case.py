@@ -1,5 +1,9 @@
 """Shared test helpers: backend-neutral comparisons and tiny configs."""
 
+import dataclasses
+import json
+from typing import Callable
+
 import keras
 import numpy as np
 
@@ -257,3 +261,169 @@ def np_attention(mha, query, value=None, key=None, mask=None, causal=False,
     probs = np_softmax(np.where(allowed, logits, -np.inf))
     out = np.einsum("bnts,bsnh->btnh", probs, v).reshape(q.shape[0], t, n * h)
     return np_dense(mha.output_dense, out), probs
+
+
+# --- The shared model harness: every model of the registry (tests/models/model_cases.py)
+# gets every check of tests/models/test_model_harness.py by being listed there. ---
+
+
+@dataclasses.dataclass
+class ModelCase:
+    """A tiny model and what the harness needs to exercise it.
+
+    Attributes:
+        name: the case's test id.
+        cls: the class whose `from_preset` reloads it.
+        make: `() -> model`, a tiny model of `cls`.
+        inputs: `() -> inputs` (NumPy, a batch of 2).
+        targets: `() -> y` for `fit()`, or None when the model trains on `x` alone.
+        override: a `from_preset` override that changes the config but no shape.
+        no_gradient: variable paths (substrings) known to get no gradient, with the
+            reason in a comment where the case is defined.
+        fit_batch: the batch size of the `fit()` check (two steps).
+    """
+
+    name: str
+    cls: type
+    make: Callable
+    inputs: Callable
+    targets: Callable = None
+    override: dict = dataclasses.field(default_factory=dict)
+    no_gradient: tuple = ()
+    fit_batch: int = 1
+
+    def build(self):
+        keras.utils.set_random_seed(0)
+        model = self.make()
+        assert type(model) is self.cls, (type(model), self.cls)
+        return model
+
+    @property
+    def is_task(self):
+        from keras_vtx.models.backbone import Backbone
+
+        return not issubclass(self.cls, Backbone)
+
+
+def _assert_same_outputs(actual, expected, atol=1e-6):
+    keras.tree.map_structure(
+        lambda a, b: np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=atol, rtol=0),
+        actual, expected,
+    )
+
+
+def _config_json(config):
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def run_config_test(case):
+    """`from_config(get_config())` gives the same config, and the same outputs with its weights."""
+    model = case.build()
+    clone = type(model).from_config(model.get_config())
+    assert _config_json(clone.get_config()) == _config_json(model.get_config())
+    clone.set_weights(model.get_weights())
+    inputs = case.inputs()
+    _assert_same_outputs(clone(inputs, training=False), model(inputs, training=False))
+
+
+def run_saving_test(case, tmp_path):
+    """`.keras` save and load: identical predictions."""
+    assert_keras_save_load(case.build(), case.inputs(), tmp_path)
+
+
+def run_preset_test(case, tmp_path):
+    """`save_to_preset` and `from_preset`: the same model; with an override, its weights kept."""
+    model = case.build()
+    path = str(tmp_path / case.name)
+    model.save_to_preset(path)
+    inputs = case.inputs()
+    expected = model(inputs, training=False)
+    reloaded = case.cls.from_preset(path)
+    assert type(reloaded) is type(model)
+    _assert_same_outputs(reloaded(inputs, training=False), expected)
+    if case.override:
+        changed = case.cls.from_preset(path, **case.override)
+        configs = [changed.get_config()] + [
+            getattr(changed, key).get_config()
+            for key in getattr(changed, "preset_backbones", dict)()
+        ]
+        for name, value in case.override.items():
+            if name.endswith("_config"):
+                part = getattr(changed, name[: -len("_config")]).get_config()
+                assert all(part[k] == v for k, v in value.items()), (name, value)
+            else:
+                assert any(c.get(name) == value for c in configs), (name, value)
+        assert len(changed.weights) == len(model.weights)
+        for ours, theirs in zip(changed.weights, model.weights):
+            np.testing.assert_array_equal(to_numpy(ours), to_numpy(theirs), err_msg=ours.path)
+
+
+def run_build_test(case):
+    """Every layer is built at construction.
+
+    An unbuilt layer (a weightless one that is never called, such as a rate-0
+    DropPath) makes Keras rebuild the model symbolically before every fit,
+    evaluate and predict, and on TensorFlow build the optimizer inside the
+    first trace of the training step, which TensorFlow then traces again.
+    """
+    model = case.build()
+    assert [layer.path for layer in model._flatten_layers() if not layer.built] == []
+
+
+def run_gradient_test(case):
+    """Every trainable variable gets a finite, non-zero gradient (bar the documented ones).
+
+    The biases are set to small random values first, so that no weight is
+    irrelevant only because a bias after it is zero.
+    """
+    model = case.build()
+    rng = np.random.default_rng(0)
+    for v in model.trainable_variables:
+        if v.path.endswith("bias"):
+            v.assign(rng.normal(0, 0.1, v.shape).astype("float32"))
+    grads = gradients(model, case.inputs(), training=False)
+    bad = [
+        v.path for v, g in zip(model.trainable_variables, grads)
+        if (g is None or not np.all(np.isfinite(g)) or not np.any(g != 0))
+        and not any(skip in v.path for skip in case.no_gradient)
+    ]
+    assert model.trainable_variables and not bad, f"No (or non-finite) gradient reaches: {bad}"
+
+
+def run_precision_test(case):
+    """Under `mixed_bfloat16`: float32 variables, bfloat16 compute, finite outputs."""
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = case.build()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    float_variables = [v for v in model.weights if "float" in v.dtype]
+    assert float_variables and all(v.dtype == "float32" for v in float_variables)
+    assert model.dtype_policy.compute_dtype == "bfloat16"
+    for leaf in keras.tree.flatten(model(case.inputs(), training=False)):
+        if "float" in keras.backend.standardize_dtype(leaf.dtype):
+            assert np.all(np.isfinite(to_numpy(leaf).astype("float32")))
+
+
+def run_fit_test(case):
+    """A task compiled with its defaults fits; the training step is traced once."""
+    model = case.build()
+    model.compile()
+    calls = []
+    train_step = model.train_step
+
+    def counting_train_step(*args):  # (data), or (state, data) on JAX
+        calls.append(1)
+        return train_step(*args)
+
+    model.train_step = counting_train_step
+    x = keras.tree.map_structure(
+        lambda a: np.concatenate([a] * case.fit_batch), case.inputs())
+    y = None if case.targets is None else keras.tree.map_structure(
+        lambda a: np.concatenate([a] * case.fit_batch), case.targets())
+    history = model.fit(x, y, batch_size=case.fit_batch, epochs=1, verbose=0)
+    steps = len(keras.tree.flatten(x)[0]) // case.fit_batch
+    # Traced once by TensorFlow and JAX; PyTorch runs it eagerly, once per step.
+    assert len(calls) == (steps if BACKEND == "torch" else 1)
+    assert model.optimizer.built
+    assert np.isfinite(history.history["loss"][-1])

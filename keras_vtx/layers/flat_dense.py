@@ -30,9 +30,10 @@ def allow_direct_calls(cls):
 def call_sublayer(layer, caller, inputs, **kwargs):
     """`layer(inputs, **kwargs)` from `caller.call`, without the layer call's overhead on PyTorch.
 
-    Keras runs eagerly on PyTorch, and `Layer.__call__` costs about 100-300
-    microseconds of Python per call (input conversion, call context, masks,
-    autocast scope, PyTorch module hooks), more than a small model's norm or MLP.
+    Keras runs eagerly on PyTorch, and `Layer.__call__` costs more Python per
+    call (input conversion, call context, masks, autocast scope, PyTorch module
+    hooks) than a small model's norm or MLP takes to compute (figures:
+    docs/benchmarks.md, "Measurements behind the code").
     When that machinery would change nothing, the layer's `call` runs directly:
     `layer` is a built instance of a listed class (`allow_direct_calls`),
     unquantized, without an activity regularizer, with `caller`'s dtype policy
@@ -83,8 +84,8 @@ def apply_flat(dense, x, caller=None):
     that contraction with an explicit transpose of the activations, and fuses
     the whole element-wise chain that produced them (a transformer's residual
     stream and its gradient, layer after layer) into each transpose,
-    recomputing it: measured on a JAX ViT-B/16 training step, a quarter of the
-    step went to these copies. On a `(batch * tokens, width)` matrix the
+    recomputing it (a large share of a ViT training step; docs/benchmarks.md).
+    On a `(batch * tokens, width)` matrix the
     contraction needs no transpose. The fold and unfold are free reshapes
     (row-major layout), and the arithmetic is unchanged. Tensors whose shape
     is not fully known (symbolic Keras tensors, a TensorFlow graph with a
@@ -140,11 +141,11 @@ def _direct_call_ok(layer, x, caller, kwargs):
 
 # PyTorch kernels for the commonest sublayers, called by `call_sublayer` once it has found
 # that the layer call would change nothing. Backend-specific on purpose: through
-# `keras.ops`, Dense.call is a matmul and an add at 20-50 microseconds of Python each
-# (conversions, dtype resolution, symbolic checks), LayerNormalization.call about 80, the
-# largest part of an eager PyTorch block's host time; PyTorch's own ops take 5-10. And
-# `linear` adds the bias inside the matmul (a GEMM epilogue on a GPU) instead of a second
-# pass over the output. Each returns None where it does not apply: `layer.call` runs.
+# `keras.ops`, Dense.call and LayerNormalization.call spend several times longer in Python
+# (conversions, dtype resolution, symbolic checks) than PyTorch's own ops, and they are the
+# largest part of an eager PyTorch block's host time (docs/benchmarks.md). And `linear`
+# adds the bias inside the matmul (a GEMM epilogue on a GPU) instead of a second pass over
+# the output. Each returns None where it does not apply: `layer.call` runs.
 
 
 def torch_kernel(cls):

@@ -32,13 +32,7 @@ def _pixel_ids(model, images, pixel_ids):
     if (images is None) == (pixel_ids is None):
         raise ValueError("Pass exactly one of `images` and `pixel_ids`.")
     if images is not None:
-        images = np.asarray(images)
-        if images.ndim != 4 or images.shape[1:] != (side, side, 3):
-            raise ValueError(
-                f"`images` must be RGB images (batch, {side}, {side}, 3) at the model's "
-                f"resolution; received shape {images.shape}."
-            )
-        return np.asarray(model.palette.quantize(images)).astype("int32")
+        return model.quantize_images(images)
     pixel_ids = np.asarray(pixel_ids)
     if pixel_ids.ndim != 2 or pixel_ids.shape[1] != side * side:
         raise ValueError(

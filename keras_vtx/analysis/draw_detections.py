@@ -9,6 +9,8 @@ import os
 import keras
 import numpy as np
 
+from keras_vtx.constants import IMAGENET_MEAN, IMAGENET_STD
+
 # Distinct, saturated colours, one per label (cycled).
 PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212))
@@ -28,8 +30,8 @@ def _to_uint8_image(image, denormalize):
     image = image.astype("float32")
     if denormalize:
         # Undoes the ImageNet normalisation of keras_vtx's detection pipeline.
-        mean = np.array((0.485, 0.456, 0.406), "float32")
-        std = np.array((0.229, 0.224, 0.225), "float32")
+        mean = np.array(IMAGENET_MEAN, "float32")
+        std = np.array(IMAGENET_STD, "float32")
         image = (image * std + mean) * 255.0
     elif image.size and image.max() <= 1.0:
         image = image * 255.0

@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from keras_vtx.constants import CLIP_MEAN as _DEFAULT_MEAN
+from keras_vtx.constants import CLIP_STD as _DEFAULT_STD
 from keras_vtx.convert.checkpoint_files import read_json, read_state_dict
 from keras_vtx.convert.tensor_mapping import (
     DENSE,
@@ -57,8 +59,6 @@ _TEXT_DEFAULTS = dict(
     num_attention_heads=8, max_position_embeddings=77, hidden_act="quick_gelu",
     layer_norm_eps=1e-5, attention_dropout=0.0, eos_token_id=49407,
 )
-_DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def load_clip(path, config, cls, task_kwargs=None):
@@ -145,17 +145,11 @@ def image_encoder_config_from_transformers(vision_config):
     return dict(
         image_size=pair(c["image_size"]),
         patch_size=pair(c["patch_size"]),
-        num_layers=c["num_hidden_layers"],
-        hidden_dim=c["hidden_size"],
-        num_heads=c["num_attention_heads"],
-        mlp_dim=c["intermediate_size"],
         num_channels=c["num_channels"],
-        attention_dropout=c["attention_dropout"],
         pre_norm=True,
         patch_bias=False,
-        layer_norm_epsilon=c["layer_norm_eps"],
-        activation=activation(c["hidden_act"]),
         pooling="token",
+        **_transformer_config(c),
     )
 
 
@@ -178,6 +172,14 @@ def text_encoder_config_from_transformers(text_config):
     return dict(
         vocabulary_size=c["vocab_size"],
         context_length=c["max_position_embeddings"],
+        end_token_id=None if end == 2 or end is None else end,
+        **_transformer_config(c),
+    )
+
+
+def _transformer_config(c):
+    """The arguments both towers take, from a tower's (defaulted) transformers config."""
+    return dict(
         num_layers=c["num_hidden_layers"],
         hidden_dim=c["hidden_size"],
         num_heads=c["num_attention_heads"],
@@ -185,7 +187,6 @@ def text_encoder_config_from_transformers(text_config):
         attention_dropout=c["attention_dropout"],
         activation=activation(c["hidden_act"]),
         layer_norm_epsilon=c["layer_norm_eps"],
-        end_token_id=None if end == 2 or end is None else end,
     )
 
 

@@ -62,12 +62,9 @@ import tensorflow as tf
 
 from keras_vtx.data import detection_transforms as T
 from keras_vtx.data.bad_file_report import BadFileReport
-from keras_vtx.data.image_classification import (
-    _positive_int,
-    _shard_deterministically,
-)
-from keras_vtx.data.image_files import _decoder, check_bad_files
+from keras_vtx.data.image_files import check_bad_files, image_decoder
 from keras_vtx.data.shapes import export_shapes_coco
+from keras_vtx.data.sources import check_shards, positive_int, shard_deterministically
 from keras_vtx.data.text_files import utf8_error
 
 logger = logging.getLogger("keras_vtx.data")
@@ -271,16 +268,16 @@ def _check_sizes(scales, max_size, crop_resize_scales, crop_size, eval_size, pad
             raise ValueError(f"`{name}` must be a non-empty list of positive ints; "
                              f"received {values!r}.")
     if max_size is not None:
-        _positive_int("max_size", max_size)
-    _positive_int("eval_size", eval_size)
-    _positive_int("max_boxes", max_boxes)
+        positive_int("max_size", max_size)
+    positive_int("eval_size", eval_size)
+    positive_int("max_boxes", max_boxes)
     if len(crop_size) != 2 or not 0 < crop_size[0] <= crop_size[1]:
         raise ValueError(f"`crop_size` must be (min, max) with 0 < min <= max; "
                          f"received {crop_size!r}.")
     if pad_to is not None and (len(pad_to) != 2 or min(pad_to) <= 0):
         raise ValueError(f"`pad_to` must be None or (height, width); received {pad_to!r}.")
     if pad_multiple is not None:
-        _positive_int("pad_multiple", pad_multiple)
+        positive_int("pad_multiple", pad_multiple)
     if pad_buckets is None or (isinstance(pad_buckets, str) and pad_buckets == "auto"):
         return
     if isinstance(pad_buckets, str) or not len(pad_buckets) or not all(
@@ -410,7 +407,7 @@ def coco_detection_dataset(
     >>> info.num_classes, info.class_names[0]
     (6, 'circle')
     """
-    _positive_int("batch_size", batch_size)
+    positive_int("batch_size", batch_size)
     _check_sizes(scales, max_size, crop_resize_scales, crop_size, eval_size, pad_to,
                  pad_multiple, max_boxes, pad_buckets)
     if pad_to is not None or (isinstance(pad_buckets, str) and max_size is None):
@@ -422,10 +419,7 @@ def coco_detection_dataset(
     elif pad_buckets is not None:
         pad_buckets = [(int(h), int(w)) for h, w in pad_buckets]
     check_bad_files(bad_files)
-    num_shards = _positive_int("num_shards", num_shards)
-    if not 0 <= shard_index < num_shards:
-        raise ValueError(f"`shard_index` must be in [0, num_shards={num_shards}); "
-                         f"received {shard_index!r}.")
+    num_shards = check_shards(num_shards, shard_index)
     records = read_coco_annotations(annotation_file, label_mode, max_boxes)
     if not records["file_names"]:
         raise ValueError(f"`annotation_file` {annotation_file!r} lists no images.")
@@ -442,10 +436,10 @@ def coco_detection_dataset(
                 np.concatenate(records["labels"] + [np.zeros((0,), "int32")]), lengths),
         },
     ))
-    dataset = _shard_deterministically(source, num_shards, shard_index)
+    dataset = shard_deterministically(source, num_shards, shard_index)
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = _decoder(report, bad_files)(dataset)
+    dataset = image_decoder(report, bad_files)(dataset)
 
     transform_options = dict(scales=tuple(int(s) for s in scales), max_size=max_size,
                              crop_resize_scales=tuple(int(s) for s in crop_resize_scales),

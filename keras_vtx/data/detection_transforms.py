@@ -18,10 +18,10 @@ side. Randomness comes from an explicit stateless `seed` (a `(2,)` int tensor).
 
 import tensorflow as tf
 
-# torchvision's ImageNet statistics, used by DETR's `T.Normalize` (datasets/coco.py).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# DETR's training scales (datasets/coco.py): shorter side 480, 512, ..., 800; longer side
+from keras_vtx.constants import IMAGENET_MEAN, IMAGENET_STD
+
+# DETR's `T.Normalize` (datasets/coco.py) uses torchvision's ImageNet statistics
+# (keras_vtx.constants). DETR's training scales (datasets/coco.py): shorter side 480, 512, ..., 800; longer side
 # at most 1333; the crop branch resizes to 400/500/600 and crops 384..600 pixels.
 DETR_SCALES = tuple(range(480, 801, 32))
 DETR_MAX_SIZE = 1333

@@ -55,8 +55,15 @@ import tensorflow as tf
 from keras_vtx.data import image_transforms
 from keras_vtx.data.bad_file_report import BadFileReport
 from keras_vtx.data.classification_data import ClassificationData
-from keras_vtx.data.image_files import _decoder
+from keras_vtx.data.image_files import image_decoder
 from keras_vtx.data.shapes import generate_shapes
+from keras_vtx.data.sources import (
+    check_shards,
+    import_tfds,
+    positive_int,
+    shapes_split_sizes,
+    shard_deterministically,
+)
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif")
 TRAIN_CROPS = ("auto", "random_resized", "random")
@@ -65,17 +72,11 @@ TRAIN_CROPS = ("auto", "random_resized", "random")
 DEFAULT_SHAPES_IMAGES = 10_000
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive int; received {value!r}.")
-    return int(value)
-
-
 def _check_options(image_size, batch_size, train_crop, crop_scale, crop_ratio, padding,
                    eval_crop_fraction, rand_augment, mixup_alpha, cutmix_alpha, num_classes,
                    num_shards, shard_index, one_hot):
-    image_size = _positive_int("image_size", image_size)
-    _positive_int("batch_size", batch_size)
+    image_size = positive_int("image_size", image_size)
+    positive_int("batch_size", batch_size)
     if train_crop not in TRAIN_CROPS:
         raise ValueError(f"`train_crop` must be one of {TRAIN_CROPS}; received {train_crop!r}.")
     low, high = crop_scale
@@ -102,15 +103,8 @@ def _check_options(image_size, batch_size, train_crop, crop_scale, crop_ratio, p
             "`num_classes` is required for one-hot labels (MixUp, CutMix or `one_hot=True`)."
         )
     if num_classes is not None:
-        _positive_int("num_classes", num_classes)
-    num_shards = _positive_int("num_shards", num_shards)
-    if isinstance(shard_index, bool) or not isinstance(shard_index, (int, np.integer)) or not (
-        0 <= shard_index < num_shards
-    ):
-        raise ValueError(
-            f"`shard_index` must be an int in [0, num_shards={num_shards}); "
-            f"received {shard_index!r}."
-        )
+        positive_int("num_classes", num_classes)
+    num_shards = check_shards(num_shards, shard_index)
 
 
 def _pipeline(
@@ -151,7 +145,7 @@ def _pipeline(
     if padding is None:
         padding = image_size // 8
 
-    dataset = _shard_deterministically(source, num_shards, shard_index)
+    dataset = shard_deterministically(source, num_shards, shard_index)
     if training:
         buffer = shuffle_buffer or 10_000
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
@@ -378,7 +372,7 @@ def dataset_from_files(paths, labels, *, training, bad_files="skip", report=None
         raise ValueError("`paths` is empty: at least one image file is needed.")
     report = BadFileReport() if report is None else report
     source = tf.data.Dataset.from_tensor_slices((paths, labels.astype("int32")))
-    return _pipeline(source, _decoder(report, bad_files), training=training, **options)
+    return _pipeline(source, image_decoder(report, bad_files), training=training, **options)
 
 
 def dataset_from_directory(directory, *, training, bad_files="skip", report=None, **options):
@@ -400,17 +394,6 @@ def dataset_from_directory(directory, *, training, bad_files="skip", report=None
     return dataset, class_names
 
 
-def _import_tfds():
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as error:
-        raise ImportError(
-            "Loading a TFDS data set needs TensorFlow Datasets: "
-            "pip install tensorflow-datasets"
-        ) from error
-    return tfds
-
-
 def dataset_from_tfds(name, split, *, training, data_dir=None, **options):
     """A classification dataset from a TensorFlow Datasets name (`"cifar10"`, ...).
 
@@ -426,7 +409,7 @@ def dataset_from_tfds(name, split, *, training, data_dir=None, **options):
     Returns:
         `(dataset, class_names)`.
     """
-    tfds = _import_tfds()
+    tfds = import_tfds()
     dataset, info = tfds.load(name, split=split, as_supervised=True, with_info=True,
                               data_dir=data_dir)
     return _pipeline(dataset, training=training, **options), _tfds_class_names(info)
@@ -549,16 +532,8 @@ def _check_shapes_options(shapes_options, kind):
 
 
 def _load_shapes(value, validation_split, common, options, report, shapes_options=None):
-    try:
-        total = int(value) if value else DEFAULT_SHAPES_IMAGES
-    except ValueError:
-        total = -1
-    num_validation = int(round(total * validation_split))
-    if total <= 0 or num_validation < 1 or num_validation >= total:
-        raise ValueError(
-            f"`spec` 'shapes:N' needs N large enough for both splits (with "
-            f"validation_split={validation_split}); received {value!r}."
-        )
+    total, num_validation = shapes_split_sizes(value, validation_split, DEFAULT_SHAPES_IMAGES,
+                                               "spec")
     data = generate_shapes(total, image_size=common["image_size"], seed=common["seed"],
                            **(shapes_options or {}))
     num_classes = len(data["class_names"])
@@ -609,7 +584,7 @@ def _load_directory(path, validation_split, bad_files, common, options, report):
 
 
 def _load_tfds(name, validation_split, common, options, report):
-    tfds = _import_tfds()
+    tfds = import_tfds()
     builder = tfds.builder(name)
     splits = builder.info.splits
     val_split = next((s for s in ("validation", "test") if s in splits), None)
@@ -626,18 +601,3 @@ def _load_tfds(name, validation_split, common, options, report):
     return ClassificationData(train, validation, class_names, report,
                               splits[train_split].num_examples, splits[val_split].num_examples,
                               common["batch_size"])
-
-
-def _shard_deterministically(dataset, num_shards, shard_index):
-    """This host's shard of `dataset` (before decoding), in a deterministic order.
-
-    Sharding is done here, by element, so tf.distribute must not shard again.
-    """
-    options = tf.data.Options()
-    if num_shards > 1:
-        dataset = dataset.shard(num_shards, shard_index)
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.OFF
-        )
-    options.deterministic = True
-    return dataset.with_options(options)

@@ -32,7 +32,7 @@ def _decode_in_graph(path):
     )
 
 
-def _decoder(report, bad_files):
+def image_decoder(report, bad_files):
     """A dataset transformation: `(path, target)` elements -> `(image, target)`.
 
     Each file is decoded in the TensorFlow graph (`tf.io`, no Python, no GIL).

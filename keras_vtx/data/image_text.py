@@ -47,15 +47,17 @@ import tensorflow as tf
 
 from keras_vtx.data import image_transforms
 from keras_vtx.data.bad_file_report import BadFileReport
-from keras_vtx.data.image_classification import (
-    DEFAULT_SHAPES_IMAGES,
-    _import_tfds,
-    _positive_int,
-    _shard_deterministically,
-)
-from keras_vtx.data.image_files import _decoder, check_bad_files
+from keras_vtx.data.image_classification import DEFAULT_SHAPES_IMAGES
+from keras_vtx.data.image_files import check_bad_files, image_decoder
 from keras_vtx.data.image_text_data import ImageTextData
 from keras_vtx.data.shapes import generate_shapes
+from keras_vtx.data.sources import (
+    check_shards,
+    import_tfds,
+    positive_int,
+    shapes_split_sizes,
+    shard_deterministically,
+)
 from keras_vtx.data.text_files import utf8_error, utf8_lines
 
 CAPTION_MODES = ("sample", "first", "flatten")
@@ -387,7 +389,7 @@ def dataset_from_pairs(
         paths = [os.fspath(p.decode() if isinstance(p, bytes) else p) for p in images]
         source = tf.data.Dataset.from_tensor_slices((paths, ragged))
         report = BadFileReport() if report is None else report
-        decode = _decoder(report, bad_files)
+        decode = image_decoder(report, bad_files)
     else:
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] not in (1, 3):
@@ -416,8 +418,8 @@ def _pair_pipeline(source, decode, *, tokenizer, image_size, batch_size, shuffle
     `drop_uncaptioned` filters out images without captions (streamed sources; the
     in-memory ones are checked up front and keep a known cardinality).
     """
-    image_size = _positive_int("image_size", image_size)
-    batch_size = _positive_int("batch_size", batch_size)
+    image_size = positive_int("image_size", image_size)
+    batch_size = positive_int("batch_size", batch_size)
     if captions_per_image not in CAPTION_MODES:
         raise ValueError(
             f"`captions_per_image` must be one of {CAPTION_MODES}; received "
@@ -428,18 +430,11 @@ def _pair_pipeline(source, decode, *, tokenizer, image_size, batch_size, shuffle
         raise ValueError(
             f"`crop_scale` must be (low, high) with 0 < low <= high <= 1; received {crop_scale!r}."
         )
-    num_shards = _positive_int("num_shards", num_shards)
-    if isinstance(shard_index, bool) or not isinstance(shard_index, (int, np.integer)) or not (
-        0 <= shard_index < num_shards
-    ):
-        raise ValueError(
-            f"`shard_index` must be an int in [0, num_shards={num_shards}); "
-            f"received {shard_index!r}."
-        )
+    num_shards = check_shards(num_shards, shard_index)
     if drop_remainder is None:
         drop_remainder = bool(shuffle)
 
-    dataset = _shard_deterministically(source, num_shards, shard_index)
+    dataset = shard_deterministically(source, num_shards, shard_index)
     if captions_per_image == "flatten":
         # Before shuffling, so that the captions of one image land in different batches
         # (two in one batch would be each other's false negatives).
@@ -657,16 +652,8 @@ def load_pair_data(
 
 
 def _load_shapes(value, validation_split, common, options, evaluation, report):
-    try:
-        total = int(value) if value else DEFAULT_SHAPES_IMAGES
-    except ValueError:
-        total = -1
-    num_validation = int(round(total * validation_split))
-    if total <= 0 or num_validation < 1 or num_validation >= total:
-        raise ValueError(
-            f"`source` 'shapes:N' needs N large enough for both splits (with "
-            f"validation_split={validation_split}); received {value!r}."
-        )
+    total, num_validation = shapes_split_sizes(value, validation_split, DEFAULT_SHAPES_IMAGES,
+                                               "source")
     data = generate_shapes(total, image_size=common["image_size"], seed=common["seed"])
     split = total - num_validation
     images, captions = data["images"], data["captions"]
@@ -716,7 +703,7 @@ def _load_files(path, validation_source, validation_split, read, bad_files, comm
 
 
 def _tfds_pairs(name, split, data_dir):
-    tfds = _import_tfds()
+    tfds = import_tfds()
     dataset, info = tfds.load(name, split=split, with_info=True, data_dir=data_dir)
     features = info.features
     keys = list(features.keys())
@@ -737,7 +724,7 @@ def _tfds_pairs(name, split, data_dir):
 
 
 def _load_tfds(name, validation_split, data_dir, common, options, evaluation, report):
-    tfds = _import_tfds()
+    tfds = import_tfds()
     splits = tfds.builder(name, data_dir=data_dir).info.splits
     val_split = next((s for s in ("validation", "test") if s in splits), None)
     train_split = "train"

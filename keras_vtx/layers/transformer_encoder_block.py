@@ -245,3 +245,37 @@ class TransformerEncoderBlock(keras.layers.Layer):
             "remat": self.remat,
             "norm": self.norm,
         }
+
+
+def pre_norm_encoder_blocks(num_layers, num_heads, mlp_dim, name="block_{i}",
+                            drop_path_rate=0.0, **kwargs):
+    """The pre-LayerNorm blocks of an encoder: ViT's, CLIP's text tower's, Image GPT's.
+
+    Args:
+        num_layers: int, the number of blocks.
+        num_heads: int, attention heads per block.
+        mlp_dim: int, the MLP's hidden width.
+        name: the blocks' names, a format with `{i}`.
+        drop_path_rate: float, the stochastic depth of the last block; block
+            `i` gets `drop_path_rate * i / (num_layers - 1)` (the linear rule).
+        **kwargs: the other `TransformerEncoderBlock` arguments, for every block.
+
+    Returns:
+        A list of `TransformerEncoderBlock`s with `norm_first=True`.
+
+    Example:
+    >>> blocks = pre_norm_encoder_blocks(3, 2, 16, drop_path_rate=0.2)
+    >>> [b.name for b in blocks], [round(b.drop_path, 2) for b in blocks]
+    (['block_0', 'block_1', 'block_2'], [0.0, 0.1, 0.2])
+    """
+    return [
+        TransformerEncoderBlock(
+            num_heads,
+            mlp_dim,
+            drop_path=drop_path_rate * i / max(num_layers - 1, 1),
+            norm_first=True,
+            name=name.format(i=i),
+            **kwargs,
+        )
+        for i in range(num_layers)
+    ]

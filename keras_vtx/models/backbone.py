@@ -77,6 +77,38 @@ def _backbone_of(model, cls, preset):
     return parts[0]
 
 
+def layer_config(layer, **config):
+    """Keras' own config entries of `layer` (name, trainable, dtype policy), then `config`."""
+    return {
+        "name": layer.name,
+        "trainable": layer.trainable,
+        "dtype": keras.dtype_policies.serialize(layer.dtype_policy),
+        **config,
+    }
+
+
+def checked_shape(inputs, name, axes, expected):
+    """`inputs`' shape as a tuple, or an error naming `name` unless it is a tensor of rank `len(axes)`.
+
+    Args:
+        inputs: what a model was called with.
+        name: the input's name (`"images"`).
+        axes: the axes' names, for the message (`("batch", "height", "width", "channels")`).
+        expected: the expected shape in words, for the message.
+    """
+    shape = getattr(inputs, "shape", None)
+    if isinstance(inputs, dict) or shape is None:
+        raise TypeError(
+            f"`{name}` must be a tensor of shape {expected}; received {type(inputs).__name__}."
+        )
+    shape = tuple(shape)
+    if len(shape) != len(axes):
+        raise ValueError(
+            f"`{name}` must have rank {len(axes)} ({', '.join(axes)}); received shape {shape}."
+        )
+    return shape
+
+
 def _same_value(current, value):
     if isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)):
         return list(current) == list(value)
@@ -108,6 +140,10 @@ class Backbone(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+    def base_config(self, **config):
+        """`get_config()`'s dict: Keras' name, trainable and dtype, then `config`."""
+        return layer_config(self, **config)
 
     @classmethod
     def from_preset(cls, preset, **kwargs):

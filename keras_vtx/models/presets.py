@@ -124,7 +124,7 @@ def resolve_preset(preset):
         )
     preset = os.fspath(preset)
     if preset.startswith(HF_PREFIX):
-        preset = _download_from_hub(preset[len(HF_PREFIX):])
+        preset = download_from_hub(preset[len(HF_PREFIX):])
     if os.path.isdir(preset):
         if os.path.exists(os.path.join(preset, PRESET_FILE)):
             return "keras_vtx", preset
@@ -138,7 +138,14 @@ def resolve_preset(preset):
     return "name", get_preset(preset)
 
 
-def _download_from_hub(repo_id):
+def download_from_hub(repo_id, allow_patterns=None):
+    """Downloads a Hugging Face Hub repository (cached) and returns its local directory.
+
+    Args:
+        repo_id: `"org/name"`.
+        allow_patterns: the files to fetch; None: configs, vocabularies and the
+            weights (safetensors, or PyTorch `.bin` files where there are none).
+    """
     try:
         import huggingface_hub
     except ImportError as e:
@@ -147,7 +154,7 @@ def _download_from_hub(repo_id):
         ) from e
     return huggingface_hub.snapshot_download(
         repo_id,
-        allow_patterns=_hub_patterns(huggingface_hub, repo_id),
+        allow_patterns=allow_patterns or _hub_patterns(huggingface_hub, repo_id),
     )
 
 

@@ -7,7 +7,12 @@ import keras
 
 from keras_vtx.backend import build_optimizer_before_tracing
 from keras_vtx.models import presets
-from keras_vtx.models.backbone import get_model_class, load_saved_preset, transfer_weights
+from keras_vtx.models.backbone import (
+    get_model_class,
+    layer_config,
+    load_saved_preset,
+    transfer_weights,
+)
 from keras_vtx.models.overrides import split_task_overrides
 
 
@@ -51,6 +56,12 @@ class TaskPresets:
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+    def base_config(self, **config):
+        """`get_config()`'s dict: name, trainable, dtype, the serialised backbones, `config`."""
+        backbones = {key: keras.saving.serialize_keras_object(getattr(self, key))
+                     for key in self.preset_backbones()}
+        return layer_config(self, **backbones, **config)
 
     @classmethod
     def from_preset(cls, preset, **kwargs):

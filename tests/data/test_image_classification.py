@@ -227,7 +227,7 @@ def _smooth_rgb(rng, size):
 
 @pytest.mark.backend_independent
 def test_in_graph_decoding_gives_pils_pixels_in_order_and_pil_reads_the_rest(tmp_path):
-    from keras_vtx.data.image_files import _decode_in_graph, _decoder
+    from keras_vtx.data.image_files import _decode_in_graph, image_decoder
 
     rng = np.random.default_rng(3)
     rgb = _smooth_rgb(rng, (45, 31))
@@ -257,7 +257,7 @@ def test_in_graph_decoding_gives_pils_pixels_in_order_and_pil_reads_the_rest(tmp
 
     report = BadFileReport()
     source = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(paths))))
-    decoded = list(_decoder(report, "skip")(source).as_numpy_iterator())
+    decoded = list(image_decoder(report, "skip")(source).as_numpy_iterator())
     good = [i for i, p in enumerate(paths) if "truncated" not in p and "garbage" not in p]
     assert [int(label) for _, label in decoded] == good  # order kept, two files dropped
     for image, label in decoded:

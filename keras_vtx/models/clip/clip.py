@@ -3,6 +3,7 @@ import math
 import keras
 from keras import ops
 
+from keras_vtx.constants import CLIP_MEAN, CLIP_STD
 from keras_vtx.layers import ImageNormalization
 from keras_vtx.losses import CLIPLoss
 from keras_vtx.models.clip.clip_text_encoder import CLIPTextEncoder
@@ -17,8 +18,6 @@ NO_DECAY_NAMES = ("class_token",)
 
 # The released models' preprocessing (pixels in [0, 1]), from the reference
 # implementation's image transform.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Section 2.5: the temperature starts at 0.07 and is clipped so that the logits
 # are never scaled by more than 100.
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
@@ -347,20 +346,15 @@ class CLIP(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
         self.logit_scale.assign(ops.minimum(source.logit_scale.value, self.logit_scale_max))
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-            "image_encoder": keras.saving.serialize_keras_object(self.image_encoder),
-            "text_encoder": keras.saving.serialize_keras_object(self.text_encoder),
-            "projection_dim": self.projection_dim,
-            "include_preprocessing": self.include_preprocessing,
-            "mean": self.mean,
-            "std": self.std,
-            "logit_scale_init": self.logit_scale_init,
-            "logit_scale_max": self.logit_scale_max,
-            "normalize_epsilon": self.normalize_epsilon,
-        }
+        return self.base_config(
+            projection_dim=self.projection_dim,
+            include_preprocessing=self.include_preprocessing,
+            mean=self.mean,
+            std=self.std,
+            logit_scale_init=self.logit_scale_init,
+            logit_scale_max=self.logit_scale_max,
+            normalize_epsilon=self.normalize_epsilon,
+        )
 
 
 def _check_same_batch(image_embeddings, text_embeddings):

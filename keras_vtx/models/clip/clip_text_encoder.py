@@ -1,8 +1,9 @@
 import keras
 from keras import ops
 
-from keras_vtx.layers import PositionEmbedding, TransformerEncoderBlock
-from keras_vtx.models.backbone import Backbone
+from keras_vtx.layers import PositionEmbedding
+from keras_vtx.layers.transformer_encoder_block import pre_norm_encoder_blocks
+from keras_vtx.models.backbone import Backbone, checked_shape
 from keras_vtx.models.token_ids import CheckedTokenIds, check_id_values
 
 # CLIP's byte-level BPE vocabulary: 49406 is <|startoftext|>, 49407 <|endoftext|>.
@@ -105,21 +106,11 @@ class CLIPTextEncoder(CheckedTokenIds, Backbone):
             name="position_embedding",
         )
         embedding_dropout = keras.layers.Dropout(dropout, dtype=dtype, name="embedding_dropout")
-        blocks = [
-            TransformerEncoderBlock(
-                num_heads,
-                mlp_dim,
-                dropout=dropout,
-                attention_dropout=attention_dropout,
-                norm_first=True,
-                activation=activation,
-                layer_norm_epsilon=layer_norm_epsilon,
-                remat=remat,
-                dtype=dtype,
-                name=f"block_{i}",
-            )
-            for i in range(num_layers)
-        ]
+        blocks = pre_norm_encoder_blocks(
+            num_layers, num_heads, mlp_dim, dropout=dropout,
+            attention_dropout=attention_dropout, activation=activation,
+            layer_norm_epsilon=layer_norm_epsilon, remat=remat, dtype=dtype,
+        )
         final_norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=dtype, name="final_norm"
         )
@@ -156,17 +147,8 @@ class CLIPTextEncoder(CheckedTokenIds, Backbone):
         self.remat = bool(remat)
 
     def validate_inputs(self, inputs):
-        shape = getattr(inputs, "shape", None)
-        if isinstance(inputs, dict) or shape is None:
-            raise TypeError(
-                f"`token_ids` must be an int tensor of shape (batch, length <= "
-                f"{self.context_length}); received {type(inputs).__name__}."
-            )
-        shape = tuple(shape)
-        if len(shape) != 2:
-            raise ValueError(
-                f"`token_ids` must have rank 2 (batch, length); received shape {shape}."
-            )
+        shape = checked_shape(inputs, "token_ids", ("batch", "length"),
+                              f"(batch, length <= {self.context_length}) of ints")
         if shape[1] is not None and shape[1] > self.context_length:
             raise ValueError(
                 f"`token_ids` has length {shape[1]}, longer than the model's context "
@@ -191,20 +173,17 @@ class CLIPTextEncoder(CheckedTokenIds, Backbone):
         return super().adapt_weight(variable, value, source)
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-            "vocabulary_size": self.vocabulary_size,
-            "context_length": self.context_length,
-            "num_layers": self.num_layers,
-            "hidden_dim": self.hidden_dim,
-            "num_heads": self.num_heads,
-            "mlp_dim": self.mlp_dim,
-            "dropout": self.dropout,
-            "attention_dropout": self.attention_dropout,
-            "activation": self.activation,
-            "layer_norm_epsilon": self.layer_norm_epsilon,
-            "end_token_id": self.end_token_id,
-            "remat": self.remat,
-        }
+        return self.base_config(
+            vocabulary_size=self.vocabulary_size,
+            context_length=self.context_length,
+            num_layers=self.num_layers,
+            hidden_dim=self.hidden_dim,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            dropout=self.dropout,
+            attention_dropout=self.attention_dropout,
+            activation=self.activation,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            end_token_id=self.end_token_id,
+            remat=self.remat,
+        )

@@ -229,7 +229,10 @@ class CLIPTokenizer(keras_hub.models.CLIPTokenizer):
             )
         preset = os.fspath(preset)
         if preset.startswith(presets.HF_PREFIX):
-            preset = _download_tokenizer_files(preset[len(presets.HF_PREFIX):])
+            # Only the tokenizer's files, not the weights.
+            preset = presets.download_from_hub(
+                preset[len(presets.HF_PREFIX):],
+                allow_patterns=["vocab.json", "merges.txt", "tokenizer.json"])
         if os.path.isdir(preset):
             vocab_path = os.path.join(preset, "vocab.json")
             merges_path = os.path.join(preset, "merges.txt")
@@ -288,19 +291,6 @@ def _load_vocabulary_and_merges(vocabulary, merges):
         if token not in vocabulary:
             raise ValueError(f"`vocabulary` must contain the special token {token!r}.")
     return dict(vocabulary), merges
-
-
-def _download_tokenizer_files(repo_id):
-    # Only the tokenizer's files: `presets._download_from_hub` would also fetch weights.
-    try:
-        import huggingface_hub
-    except ImportError as e:
-        raise ImportError(
-            "Loading an 'hf://' preset needs `huggingface_hub` (pip install keras-vtx[hub])."
-        ) from e
-    return huggingface_hub.snapshot_download(
-        repo_id, allow_patterns=["vocab.json", "merges.txt", "tokenizer.json"]
-    )
 
 
 def _read_tokenizer_json(path):

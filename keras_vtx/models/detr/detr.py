@@ -616,29 +616,25 @@ class DETR(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
     # --- Serialisation ---
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "num_classes": self.num_classes,
-            "num_queries": self.num_queries,
-            "hidden_dim": self.hidden_dim,
-            "num_heads": self.num_heads,
-            "num_encoder_layers": self.num_encoder_layers,
-            "num_decoder_layers": self.num_decoder_layers,
-            "mlp_dim": self.mlp_dim,
-            "dropout": self.dropout,
-            "attention_dropout": self.attention_dropout,
-            "aux_loss": self.aux_loss,
-            "layer_norm_epsilon": self.layer_norm_epsilon,
-            "class_names": None if self.class_names is None else list(self.class_names),
-            "return_attention_scores": self.return_attention_scores,
-            "query_type": self.query_type,
-            "denoising_groups": self.denoising_groups,
-            "denoising_label_noise": self.denoising_label_noise,
-            "denoising_box_noise": self.denoising_box_noise,
-        }
+        return self.base_config(
+            num_classes=self.num_classes,
+            num_queries=self.num_queries,
+            hidden_dim=self.hidden_dim,
+            num_heads=self.num_heads,
+            num_encoder_layers=self.num_encoder_layers,
+            num_decoder_layers=self.num_decoder_layers,
+            mlp_dim=self.mlp_dim,
+            dropout=self.dropout,
+            attention_dropout=self.attention_dropout,
+            aux_loss=self.aux_loss,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            class_names=None if self.class_names is None else list(self.class_names),
+            return_attention_scores=self.return_attention_scores,
+            query_type=self.query_type,
+            denoising_groups=self.denoising_groups,
+            denoising_label_noise=self.denoising_label_noise,
+            denoising_box_noise=self.denoising_box_noise,
+        )
 
 
 def inverse_sigmoid(x, epsilon=1e-5):

@@ -2,7 +2,7 @@ import keras
 from keras import ops
 
 from keras_vtx.layers.frozen_batch_normalization import FrozenBatchNormalization
-from keras_vtx.models.backbone import Backbone
+from keras_vtx.models.backbone import Backbone, checked_shape
 from keras_vtx.ops.subsample import subsample
 
 # Bottleneck blocks per stage of the torchvision ResNets (He et al. 2016, table 1).
@@ -226,18 +226,8 @@ class ResNetBackbone(Backbone):
             self._freeze_stages()
 
     def validate_inputs(self, inputs):
-        shape = getattr(inputs, "shape", None)
-        if isinstance(inputs, dict) or shape is None:
-            raise TypeError(
-                "`images` must be a tensor of shape (batch, height, width, "
-                f"{self.image_shape[-1]}); received {type(inputs).__name__}."
-            )
-        shape = tuple(shape)
-        if len(shape) != 4:
-            raise ValueError(
-                "`images` must have rank 4 (batch, height, width, channels); received "
-                f"shape {shape}."
-            )
+        shape = checked_shape(inputs, "images", ("batch", "height", "width", "channels"),
+                              f"(batch, height, width, {self.image_shape[-1]})")
         if shape[-1] is not None and shape[-1] != self.image_shape[-1]:
             raise ValueError(
                 f"`images` must have {self.image_shape[-1]} channels (last axis, NHWC); "
@@ -251,21 +241,18 @@ class ResNetBackbone(Backbone):
                 )
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-            "depth": self.depth,
-            "dilation": self.dilation,
-            "frozen_stages": self.frozen_stages,
-            "stage_filters": self.stage_filters,
-            "blocks_per_stage": self.blocks_per_stage,
-            "stem_filters": self.stem_filters,
-            "bottleneck_expansion": self.bottleneck_expansion,
-            "image_shape": self.image_shape,
-            "epsilon": self.epsilon,
-            "norm": self.norm,
-        }
+        return self.base_config(
+            depth=self.depth,
+            dilation=self.dilation,
+            frozen_stages=self.frozen_stages,
+            stage_filters=self.stage_filters,
+            blocks_per_stage=self.blocks_per_stage,
+            stem_filters=self.stem_filters,
+            bottleneck_expansion=self.bottleneck_expansion,
+            image_shape=self.image_shape,
+            epsilon=self.epsilon,
+            norm=self.norm,
+        )
 
 
 def _positive_ints(values, name):

@@ -18,6 +18,33 @@ NO_DECAY_NAMES = ("token_embedding", "position_embedding")
 OBJECTIVES = ("autoregressive", "bert")
 
 
+def check_image_gpt_arguments(backbone, palette, objective, mask_rate):
+    """Checks what `ImageGPT` and `ImageGPTClassifier` share; returns the palette object."""
+    if not isinstance(backbone, ImageGPTBackbone):
+        raise TypeError(
+            f"`backbone` must be an ImageGPTBackbone; received {type(backbone).__name__}."
+        )
+    if objective not in OBJECTIVES:
+        raise ValueError(f"`objective` must be one of {OBJECTIVES}; received {objective!r}.")
+    if backbone.causal != (objective == "autoregressive"):
+        raise ValueError(
+            f"The {objective!r} objective needs a backbone with "
+            f"`causal={objective == 'autoregressive'}`; received one with "
+            f"`causal={backbone.causal}`. (`from_preset(..., objective=...)` sets it.)"
+        )
+    if not 0.0 < float(mask_rate) < 1.0:
+        raise ValueError(f"`mask_rate` must be in (0, 1); received {mask_rate!r}.")
+    palette = _as_palette(palette)
+    palette_size = backbone.vocabulary_size - 1
+    if palette is not None and palette.num_colors != palette_size:
+        raise ValueError(
+            f"`palette` has {palette.num_colors} colours but the backbone's vocabulary "
+            f"({backbone.vocabulary_size}) holds {palette_size} colours and the special "
+            "token."
+        )
+    return palette
+
+
 def _as_palette(palette):
     """A `ColorPalette` from a palette, its config / serialised dict, or a clusters array."""
     if palette is None:
@@ -90,29 +117,8 @@ class ImageGPT(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, keras.Mode
 
     def __init__(self, backbone, palette=None, objective="autoregressive", mask_rate=0.15,
                  seed=None, dtype=None, **kwargs):
-        if not isinstance(backbone, ImageGPTBackbone):
-            raise TypeError(
-                f"`backbone` must be an ImageGPTBackbone; received {type(backbone).__name__}."
-            )
-        if objective not in OBJECTIVES:
-            raise ValueError(f"`objective` must be one of {OBJECTIVES}; received {objective!r}.")
-        if backbone.causal != (objective == "autoregressive"):
-            raise ValueError(
-                f"The {objective!r} objective needs a backbone with "
-                f"`causal={objective == 'autoregressive'}`; received one with "
-                f"`causal={backbone.causal}`. (`ImageGPT.from_preset(..., objective=...)` "
-                "sets it.)"
-            )
-        if not 0.0 < float(mask_rate) < 1.0:
-            raise ValueError(f"`mask_rate` must be in (0, 1); received {mask_rate!r}.")
-        palette = _as_palette(palette)
+        palette = check_image_gpt_arguments(backbone, palette, objective, mask_rate)
         palette_size = backbone.vocabulary_size - 1
-        if palette is not None and palette.num_colors != palette_size:
-            raise ValueError(
-                f"`palette` has {palette.num_colors} colours but the backbone's vocabulary "
-                f"({backbone.vocabulary_size}) holds {palette_size} colours and the special "
-                "token."
-            )
         super().__init__(dtype=dtype, **kwargs)
         self.backbone = backbone
         self.palette = palette
@@ -370,17 +376,10 @@ class ImageGPT(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, keras.Mode
             )
         side = self.image_size
         if prefix_images is not None:
-            images = np.asarray(prefix_images)
-            if images.ndim != 4 or images.shape[1:] != (side, side, 3):
-                raise ValueError(
-                    f"`prefix_images` must have shape (batch, {side}, {side}, 3), this model's "
-                    f"resolution; received {images.shape}."
-                )
             rows = side // 2 if prefix_rows is None else int(prefix_rows)
             if not 0 <= rows <= side:
                 raise ValueError(f"`prefix_rows` must be in [0, {side}]; received {rows}.")
-            prefix_ids = keras.ops.convert_to_numpy(self.palette.quantize(images))
-            prefix_ids = prefix_ids[:, : rows * side]
+            prefix_ids = self.quantize_images(prefix_images, "prefix_images")[:, : rows * side]
         elif prefix_rows is not None:
             raise ValueError("`prefix_rows` needs `prefix_images`.")
         if prefix_ids is not None:
@@ -400,6 +399,20 @@ class ImageGPT(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, keras.Mode
             return ids
         return self.palette.dequantize(ids, image_size=side)
 
+    def quantize_images(self, images, name="images"):
+        """The palette ids `(batch, side * side)` of RGB `images` at this model's resolution.
+
+        Raises a `ValueError` naming the argument `name` for any other shape.
+        """
+        side = self.image_size
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1:] != (side, side, 3):
+            raise ValueError(
+                f"`{name}` must be RGB images (batch, {side}, {side}, 3) at the model's "
+                f"resolution; received shape {images.shape}."
+            )
+        return np.asarray(keras.ops.convert_to_numpy(self.palette.quantize(images)), "int32")
+
     # --- Presets and serialisation ---
 
     @staticmethod
@@ -412,14 +425,10 @@ class ImageGPT(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, keras.Mode
             backbone_kwargs["backbone"]["causal"] = task_kwargs["objective"] == "autoregressive"
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "palette": (None if self.palette is None
-                        else keras.saving.serialize_keras_object(self.palette)),
-            "objective": self.objective,
-            "mask_rate": self.mask_rate,
-            "seed": self.seed,
-        }
+        return self.base_config(
+            palette=(None if self.palette is None
+                     else keras.saving.serialize_keras_object(self.palette)),
+            objective=self.objective,
+            mask_rate=self.mask_rate,
+            seed=self.seed,
+        )

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_vtx.layers.transformer_encoder_block import TransformerEncoderBlock
+from keras_vtx.layers.transformer_encoder_block import pre_norm_encoder_blocks
 from keras_vtx.models.backbone import Backbone
 from keras_vtx.models.igpt import image_gpt_presets  # noqa: F401  (registers the presets)
 from keras_vtx.models.token_ids import CheckedTokenIds, check_token_ids
@@ -113,23 +113,13 @@ class ImageGPTBackbone(CheckedTokenIds, Backbone):
             name="position_embedding",
         )
         embedding_dropout = keras.layers.Dropout(dropout, dtype=dtype, name="embedding_dropout")
-        transformer_layers = [
-            TransformerEncoderBlock(
-                num_heads,
-                mlp_dim,
-                dropout=dropout,
-                attention_dropout=attention_dropout,
-                norm_first=True,
-                activation="quick_gelu",
-                layer_norm_epsilon=layer_norm_epsilon,
-                kernel_initializer=keras.initializers.serialize(init),
-                norm="rms_norm",
-                remat=remat,
-                dtype=dtype,
-                name=f"transformer_layer_{i}",
-            )
-            for i in range(num_layers)
-        ]
+        transformer_layers = pre_norm_encoder_blocks(
+            num_layers, num_heads, mlp_dim, name="transformer_layer_{i}", dropout=dropout,
+            attention_dropout=attention_dropout, activation="quick_gelu",
+            layer_norm_epsilon=layer_norm_epsilon,
+            kernel_initializer=keras.initializers.serialize(init), norm="rms_norm",
+            remat=remat, dtype=dtype,
+        )
         policy = keras.dtype_policies.get(dtype) if dtype is not None else (
             keras.config.dtype_policy()
         )
@@ -177,19 +167,16 @@ class ImageGPTBackbone(CheckedTokenIds, Backbone):
                  "token ids (palette ids and the special token)")]
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-            "vocabulary_size": self.vocabulary_size,
-            "sequence_length": self.sequence_length,
-            "hidden_dim": self.hidden_dim,
-            "num_layers": self.num_layers,
-            "num_heads": self.num_heads,
-            "mlp_dim": self.mlp_dim,
-            "dropout": self.dropout,
-            "attention_dropout": self.attention_dropout,
-            "layer_norm_epsilon": self.layer_norm_epsilon,
-            "causal": self.causal,
-            "remat": self.remat,
-        }
+        return self.base_config(
+            vocabulary_size=self.vocabulary_size,
+            sequence_length=self.sequence_length,
+            hidden_dim=self.hidden_dim,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            dropout=self.dropout,
+            attention_dropout=self.attention_dropout,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            causal=self.causal,
+            remat=self.remat,
+        )

@@ -6,7 +6,7 @@ from keras import ops
 
 from keras_vtx.models import presets
 from keras_vtx.models.backbone import transfer_weights
-from keras_vtx.models.igpt.image_gpt import OBJECTIVES, ImageGPT, _as_palette
+from keras_vtx.models.igpt.image_gpt import ImageGPT, check_image_gpt_arguments
 from keras_vtx.models.igpt.image_gpt_backbone import ImageGPTBackbone
 from keras_vtx.models.igpt.image_gpt_features import draw_masks
 from keras_vtx.models.overrides import split_task_overrides
@@ -66,24 +66,11 @@ class ImageGPTClassifier(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, 
     def __init__(self, backbone, num_classes, palette=None, objective="autoregressive",
                  mask_rate=0.15, generative_loss_weight=0.0, dropout=0.0, class_names=None,
                  seed=None, dtype=None, **kwargs):
-        if not isinstance(backbone, ImageGPTBackbone):
-            raise TypeError(
-                f"`backbone` must be an ImageGPTBackbone; received {type(backbone).__name__}."
-            )
+        palette = check_image_gpt_arguments(backbone, palette, objective, mask_rate)
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or (
             num_classes < 1
         ):
             raise ValueError(f"`num_classes` must be a positive int; received {num_classes!r}.")
-        if objective not in OBJECTIVES:
-            raise ValueError(f"`objective` must be one of {OBJECTIVES}; received {objective!r}.")
-        if backbone.causal != (objective == "autoregressive"):
-            raise ValueError(
-                f"The {objective!r} objective needs a backbone with "
-                f"`causal={objective == 'autoregressive'}`; received one with "
-                f"`causal={backbone.causal}`."
-            )
-        if not 0.0 < float(mask_rate) < 1.0:
-            raise ValueError(f"`mask_rate` must be in (0, 1); received {mask_rate!r}.")
         if not float(generative_loss_weight) >= 0.0:
             raise ValueError(
                 f"`generative_loss_weight` must be >= 0; received {generative_loss_weight!r}."
@@ -91,13 +78,6 @@ class ImageGPTClassifier(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, 
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1); received {dropout!r}.")
         class_names = check_class_names(class_names, num_classes)
-        palette = _as_palette(palette)
-        if palette is not None and palette.num_colors != backbone.vocabulary_size - 1:
-            raise ValueError(
-                f"`palette` has {palette.num_colors} colours but the backbone's vocabulary "
-                f"({backbone.vocabulary_size}) holds {backbone.vocabulary_size - 1} colours "
-                "and the special token."
-            )
         super().__init__(dtype=dtype, **kwargs)
         self.backbone = backbone
         self.num_classes = int(num_classes)
@@ -321,21 +301,17 @@ class ImageGPTClassifier(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, 
         return super()._adopt(model, preset, task_kwargs)
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "num_classes": self.num_classes,
-            "palette": (None if self.palette is None
-                        else keras.saving.serialize_keras_object(self.palette)),
-            "objective": self.objective,
-            "mask_rate": self.mask_rate,
-            "generative_loss_weight": self.generative_loss_weight,
-            "dropout": self.dropout,
-            "class_names": None if self.class_names is None else list(self.class_names),
-            "seed": self.seed,
-        }
+        return self.base_config(
+            num_classes=self.num_classes,
+            palette=(None if self.palette is None
+                     else keras.saving.serialize_keras_object(self.palette)),
+            objective=self.objective,
+            mask_rate=self.mask_rate,
+            generative_loss_weight=self.generative_loss_weight,
+            dropout=self.dropout,
+            class_names=None if self.class_names is None else list(self.class_names),
+            seed=self.seed,
+        )
 
 
 def _softmax(logits):

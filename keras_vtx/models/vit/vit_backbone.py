@@ -7,10 +7,10 @@ from keras_vtx.layers import (
     PatchEmbedding,
     PositionEmbedding,
     ResNetStem,
-    TransformerEncoderBlock,
     resample_position_embeddings,
 )
-from keras_vtx.models.backbone import Backbone
+from keras_vtx.layers.transformer_encoder_block import pre_norm_encoder_blocks
+from keras_vtx.models.backbone import Backbone, checked_shape
 
 POOLINGS = ("token", "gap", "map")
 
@@ -161,22 +161,11 @@ class ViTBackbone(Backbone):
             pre_layer_norm = keras.layers.LayerNormalization(
                 epsilon=layer_norm_epsilon, dtype=dtype, name="pre_norm"
             )
-        blocks = [
-            TransformerEncoderBlock(
-                num_heads,
-                mlp_dim,
-                dropout=dropout,
-                attention_dropout=attention_dropout,
-                drop_path=drop_path_rate * i / max(num_layers - 1, 1),
-                norm_first=True,
-                activation=activation,
-                layer_norm_epsilon=layer_norm_epsilon,
-                remat=remat,
-                dtype=dtype,
-                name=f"block_{i}",
-            )
-            for i in range(num_layers)
-        ]
+        blocks = pre_norm_encoder_blocks(
+            num_layers, num_heads, mlp_dim, drop_path_rate=drop_path_rate, dropout=dropout,
+            attention_dropout=attention_dropout, activation=activation,
+            layer_norm_epsilon=layer_norm_epsilon, remat=remat, dtype=dtype,
+        )
         final_norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=dtype, name="final_norm"
         )
@@ -247,18 +236,9 @@ class ViTBackbone(Backbone):
         self.num_prefix_tokens = num_prefix
 
     def validate_inputs(self, inputs):
-        shape = getattr(inputs, "shape", None)
-        if isinstance(inputs, dict) or shape is None:
-            raise TypeError(
-                f"`images` must be a tensor of shape (batch, {self.image_size[0]}, "
-                f"{self.image_size[1]}, {self.num_channels}); received {type(inputs).__name__}."
-            )
-        shape = tuple(shape)
-        if len(shape) != 4:
-            raise ValueError(
-                f"`images` must have rank 4 (batch, height, width, channels); received "
-                f"shape {shape}."
-            )
+        shape = checked_shape(
+            inputs, "images", ("batch", "height", "width", "channels"),
+            f"(batch, {self.image_size[0]}, {self.image_size[1]}, {self.num_channels})")
         if shape[-1] is not None and shape[-1] != self.num_channels:
             raise ValueError(
                 f"`images` must have {self.num_channels} channels (last axis, NHWC); "
@@ -279,30 +259,27 @@ class ViTBackbone(Backbone):
         return super().adapt_weight(variable, value, source)
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-            "image_size": self.image_size,
-            "patch_size": self.patch_size,
-            "num_layers": self.num_layers,
-            "hidden_dim": self.hidden_dim,
-            "num_heads": self.num_heads,
-            "mlp_dim": self.mlp_dim,
-            "num_channels": self.num_channels,
-            "dropout": self.dropout,
-            "attention_dropout": self.attention_dropout,
-            "drop_path_rate": self.drop_path_rate,
-            "pooling": self.pooling,
-            "class_token": self.class_token,
-            "representation_size": self.representation_size,
-            "hybrid_stem_depths": self.hybrid_stem_depths,
-            "hybrid_stem_width": self.hybrid_stem_width,
-            "pre_norm": self.pre_norm,
-            "patch_bias": self.patch_bias,
-            "layer_norm_epsilon": self.layer_norm_epsilon,
-            "activation": self.activation,
-            "return_hidden_states": self.return_hidden_states,
-            "return_attention_scores": self.return_attention_scores,
-            "remat": self.remat,
-        }
+        return self.base_config(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            num_layers=self.num_layers,
+            hidden_dim=self.hidden_dim,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            num_channels=self.num_channels,
+            dropout=self.dropout,
+            attention_dropout=self.attention_dropout,
+            drop_path_rate=self.drop_path_rate,
+            pooling=self.pooling,
+            class_token=self.class_token,
+            representation_size=self.representation_size,
+            hybrid_stem_depths=self.hybrid_stem_depths,
+            hybrid_stem_width=self.hybrid_stem_width,
+            pre_norm=self.pre_norm,
+            patch_bias=self.patch_bias,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            activation=self.activation,
+            return_hidden_states=self.return_hidden_states,
+            return_attention_scores=self.return_attention_scores,
+            remat=self.remat,
+        )

@@ -8,6 +8,7 @@ import keras
 from keras_vtx.backend import build_optimizer_before_tracing
 from keras_vtx.models import presets
 from keras_vtx.models.backbone import (
+    Backbone,
     get_model_class,
     layer_config,
     load_saved_preset,
@@ -100,14 +101,20 @@ class TaskPresets:
     def _from_registered(cls, preset, entry, task_kwargs, backbone_kwargs):
         backbones = cls.preset_backbones()
         config = dict(entry["config"])
-        if not all(isinstance(config.get(key), dict) for key in backbones):
-            registered = get_model_class(entry["class_name"])
-            if len(backbones) != 1 or not issubclass(registered, cls.backbone_cls):
-                raise ValueError(
-                    f"Preset {preset!r} builds a {entry['class_name']}, not a {cls.__name__} "
-                    f"or its backbone."
-                )
+        registered = get_model_class(entry["class_name"])
+        # This task, its backbone, or a task over the same backbones (an ImageGPT
+        # preset gives an ImageGPTClassifier its backbone).
+        if issubclass(registered, Backbone):
+            compatible = len(backbones) == 1 and issubclass(registered, cls.backbone_cls)
             config = {"backbone": config}
+        else:
+            compatible = issubclass(registered, cls) or (
+                registered.preset_backbones() == backbones)
+        if not compatible:
+            raise ValueError(
+                f"Preset {preset!r} builds a {entry['class_name']}, not a {cls.__name__} "
+                "or its backbone."
+            )
         for key, backbone_cls in backbones.items():
             config[key] = backbone_cls(**{**config[key], **backbone_kwargs.get(key, {})})
         config = _forget_class_names(config, task_kwargs)

@@ -102,8 +102,8 @@ def test_logits_boxes_and_aux_outputs_match_transformers(checkpoint):
     # transformers' in-memory names (transformers 5 `state_dict()`) load the same.
     with torch.no_grad():
         in_memory = {k: v.numpy() for k, v in reference.state_dict().items()}
-    from keras_vtx.convert.detr import _canonical_names
     from keras_vtx.convert.checkpoint_files import read_state_dict
+    from keras_vtx.convert.detr import _canonical_names
 
     assert _canonical_names(in_memory).keys() == read_state_dict(path).keys()
 

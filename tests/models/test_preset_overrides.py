@@ -127,3 +127,10 @@ def test_overrides_that_change_nothing_return_the_loaded_model(tmp_path):
     backbone.save_to_preset(str(tmp_path / "b"))
     same = ImageGPTBackbone.from_preset(str(tmp_path / "b"), dropout=backbone.dropout)
     assert same.get_config() == backbone.get_config()
+
+
+def test_a_preset_of_another_family_is_a_clear_error():
+    with pytest.raises(ValueError, match="'igpt_tiny_test' builds a ImageGPT, not a ViTClassifier"):
+        ViTClassifier.from_preset("igpt_tiny_test", num_classes=3)
+    with pytest.raises(ValueError, match="holds no ViTBackbone"):
+        ViTBackbone.from_preset("igpt_tiny_test")

@@ -220,7 +220,7 @@ def main(argv=None, callbacks=None):
     pair_options = {}
     if not _is_shapes(args.data):
         pair_options = {"image_root": args.image_root,
-                        "validation_source": args.validation_data}
+                        "validation_spec": args.validation_data}
     data = load_pair_data(
         args.data, image_size=args.image_size, batch_size=args.batch_size, seed=args.seed,
         validation_split=args.validation_split, tokenizer=tokenizer, augment=args.augment,

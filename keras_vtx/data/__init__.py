@@ -9,6 +9,7 @@ from keras_vtx.data.bad_file_report import BadFileReport
 from keras_vtx.data.classification_data import ClassificationData
 from keras_vtx.data.coco_detection import (
     DEFAULT_SHAPES_DETECTION_IMAGES,
+    DetectionData,
     DetectionInfo,
     coco_detection_dataset,
     detr_pad_buckets,
@@ -35,6 +36,7 @@ from keras_vtx.data.image_text import (
     read_pairs,
 )
 from keras_vtx.data.image_text_data import ImageTextData
+from keras_vtx.data.loaded_data import LoadedData
 from keras_vtx.data.palette_sequences import (
     fit_palette,
     load_palette_data,
@@ -52,9 +54,11 @@ __all__ = [
     "ClassificationData",
     "DEFAULT_SHAPES_DETECTION_IMAGES",
     "DEFAULT_SHAPES_IMAGES",
+    "DetectionData",
     "DetectionInfo",
     "IMAGE_EXTENSIONS",
     "ImageTextData",
+    "LoadedData",
     "SHAPE_CLASSES",
     "coco_detection_dataset",
     "detr_pad_buckets",

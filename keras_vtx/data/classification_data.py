@@ -1,11 +1,13 @@
 """What `load_classification_data()` returns: two datasets, class names and a report."""
 
+from keras_vtx.data.loaded_data import LoadedData
 
-class ClassificationData:
+
+class ClassificationData(LoadedData):
     """Training and validation datasets of one data source, with what describes them.
 
-    Unpacks as `train, validation, class_names = data`; the other attributes
-    are read by name.
+    A `LoadedData` that unpacks as `train, validation, class_names = data`;
+    the other attributes are read by name.
 
     Args:
         train: the training `tf.data.Dataset` of `(images, labels)` batches.
@@ -25,27 +27,9 @@ class ClassificationData:
     (('a', 'b'), 3)
     """
 
+    unpacks_as = ("train", "validation", "class_names")
+
     def __init__(self, train, validation, class_names, bad_files, num_train, num_validation,
                  batch_size):
-        self.train = train
-        self.validation = validation
-        self.class_names = tuple(class_names)
-        self.bad_files = bad_files
-        self.num_train = int(num_train)
-        self.num_validation = int(num_validation)
-        self.batch_size = int(batch_size)
-
-    @property
-    def steps_per_epoch(self):
-        """Full training batches per epoch (the training dataset drops the remainder)."""
-        return self.num_train // self.batch_size
-
-    def __iter__(self):
-        return iter((self.train, self.validation, self.class_names))
-
-    def __repr__(self):
-        return (
-            f"ClassificationData(classes={len(self.class_names)}, num_train={self.num_train}, "
-            f"num_validation={self.num_validation}, batch_size={self.batch_size}, "
-            f"bad_files={self.bad_files.count})"
-        )
+        super().__init__(train, validation, bad_files, num_train, num_validation, batch_size,
+                         class_names=class_names)

@@ -63,6 +63,7 @@ import tensorflow as tf
 from keras_vtx.data import detection_transforms as T
 from keras_vtx.data.bad_file_report import BadFileReport
 from keras_vtx.data.image_files import check_bad_files, image_decoder
+from keras_vtx.data.loaded_data import LoadedData
 from keras_vtx.data.shapes import export_shapes_coco
 from keras_vtx.data.sources import check_shards, positive_int, shard_deterministically
 from keras_vtx.data.text_files import utf8_error
@@ -125,6 +126,34 @@ class DetectionInfo:
         return (f"DetectionInfo(num_classes={self.num_classes}, label_mode={self.label_mode!r}, "
                 f"num_train={self.num_train}, num_validation={self.num_validation}, "
                 f"ground_truth={self.ground_truth!r}, bad_files={self.bad_files.count})")
+
+
+class DetectionData(LoadedData):
+    """What `load_detection_data()` returns: two DETR datasets and their `DetectionInfo`.
+
+    A `LoadedData` that unpacks as `train, validation, info = data` (as the
+    loader always has); `info`'s attributes (`num_classes`, `category_ids`,
+    `ground_truth`, ...) are also read from it directly.
+
+    Args:
+        train: the training `tf.data.Dataset` of `(x, y)` batches.
+        validation: the validation `tf.data.Dataset`.
+        info: the validation split's `DetectionInfo` (its `ground_truth` is
+            the JSON to evaluate against).
+    """
+
+    unpacks_as = ("train", "validation", "info")
+
+    def __init__(self, train, validation, info):
+        super().__init__(train, validation, info.bad_files, info.num_train,
+                         info.num_validation, info.batch_size, class_names=info.class_names)
+        self.info = info
+
+    def __getattr__(self, name):
+        # Everything else a DetectionInfo says (category_ids, num_classes, ...).
+        if name == "info":
+            raise AttributeError(name)
+        return getattr(self.info, name)
 
 
 def _load_json(annotation_file):
@@ -659,8 +688,9 @@ def load_detection_data(spec="shapes", *, batch_size=8, image_dir=None, val_anno
             `max_boxes`, `scales`, `max_size`, `pad_to`, `bad_files`, ...).
 
     Returns:
-        `(train, validation, info)`: two datasets of `(x, y)` batches and a
-        `DetectionInfo` whose `ground_truth` is the validation JSON.
+        A `DetectionData` (a `LoadedData`): unpacks as `(train, validation,
+        info)`, two datasets of `(x, y)` batches and a `DetectionInfo` whose
+        `ground_truth` is the validation JSON.
 
     Example:
     >>> import tempfile
@@ -718,7 +748,7 @@ def load_detection_data(spec="shapes", *, batch_size=8, image_dir=None, val_anno
         raise ValueError(f"The categories of {val_json!r} differ from those of {train_json!r}.")
     val_info.num_train = train_info.num_train
     val_info.truncated_images = {**train_info.truncated_images, **val_info.truncated_images}
-    return train, validation, val_info
+    return DetectionData(train, validation, val_info)
 
 
 def _hold_out(path, validation_split, seed):

@@ -41,6 +41,7 @@ import csv
 import functools
 import json
 import os
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -491,10 +492,10 @@ def _pair_pipeline(source, decode, *, tokenizer, image_size, batch_size, shuffle
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def _split_source(source):
+def _split_spec(source):
     if not isinstance(source, (str, os.PathLike)):
         raise ValueError(
-            "`source` must be 'shapes', 'shapes:N', a .csv/.tsv/.jsonl file path or "
+            "`spec` must be 'shapes', 'shapes:N', a .csv/.tsv/.jsonl file path or "
             f"'tfds:NAME'; received {source!r}."
         )
     source = os.fspath(source)
@@ -504,7 +505,7 @@ def _split_source(source):
     if kind in ("shapes", "tfds"):
         return kind, value
     raise ValueError(
-        "`source` must be 'shapes', 'shapes:N', a .csv/.tsv/.jsonl file path or "
+        "`spec` must be 'shapes', 'shapes:N', a .csv/.tsv/.jsonl file path or "
         f"'tfds:NAME'; received {source!r}."
     )
 
@@ -550,12 +551,12 @@ def read_pairs(path, image_root=None, image_column="image", caption_column="capt
 
 
 def load_pair_data(
-    source="shapes",
+    spec="shapes",
     *,
     image_size,
     batch_size=64,
     validation_split=0.2,
-    validation_source=None,
+    validation_spec=None,
     seed=0,
     tokenizer=None,
     bad_files="skip",
@@ -564,11 +565,13 @@ def load_pair_data(
     caption_column="caption",
     delimiter=None,
     data_dir=None,
+    source=None,
+    validation_source=None,
     **options,
 ):
-    """Training and validation image-text datasets from a source string.
+    """Training and validation image-text datasets from a spec string.
 
-    Sources:
+    Specs (the argument names of every `load_*_data` loader):
     - `"shapes"` or `"shapes:N"`: the embedded shapes set (`generate_shapes`,
       one shape per image, captions such as "a small red circle on the left"),
       `N` images (default `DEFAULT_SHAPES_IMAGES`); the last `validation_split`
@@ -577,7 +580,7 @@ def load_pair_data(
     - a `.csv`, `.tsv` or `.jsonl` file of (image path, caption) records (see
       `pairs_from_csv`, `pairs_from_jsonl`); rows of the same image are grouped,
       and a seeded `validation_split` of the images is held out, unless
-      `validation_source` names a second file.
+      `validation_spec` names a second file.
     - `"tfds:NAME"`: a TensorFlow Datasets name with an `image` feature and a
       caption feature (`captions/text` as in `coco_captions`, `caption` or
       `text`); needs `tensorflow-datasets` and network access to download.
@@ -585,12 +588,12 @@ def load_pair_data(
       `validation_split` of `train`).
 
     Args:
-        source: str, one of the above.
+        spec: str, one of the above.
         image_size: int, the side of the square images.
         batch_size: int, the global batch size.
         validation_split: float in (0, 1), held out when the source has no
             validation split.
-        validation_source: optional pairs file for validation (file sources).
+        validation_spec: optional pairs file for validation (file specs).
         seed: int, seeds the shapes generator, the split, shuffling, crops and
             caption sampling.
         tokenizer: callable tokenizer, shared by both datasets; default
@@ -601,6 +604,8 @@ def load_pair_data(
         caption_column: as in `read_pairs`.
         delimiter: as in `read_pairs`.
         data_dir: optional TFDS data folder.
+        source: the former name of `spec` (deprecated).
+        validation_source: the former name of `validation_spec` (deprecated).
         **options: training pipeline options of `dataset_from_pairs`:
             `augment`, `crop_scale`, `captions_per_image` (default `"sample"`),
             `shuffle_buffer`, `num_shards`, `shard_index` (the last two also
@@ -625,7 +630,10 @@ def load_pair_data(
     >>> data.class_names[data.validation_labels[0]] in data.validation_captions[0][0]
     True
     """
-    kind, value = _split_source(source)
+    spec = _renamed("source", source, "spec", spec, "shapes")
+    validation_spec = _renamed("validation_source", validation_source, "validation_spec",
+                               validation_spec, None)
+    kind, value = _split_spec(spec)
     if not 0 < validation_split < 1:
         raise ValueError(f"`validation_split` must be in (0, 1); received {validation_split!r}.")
     unknown = set(options) - {"augment", "crop_scale", "captions_per_image", "shuffle_buffer",
@@ -638,22 +646,33 @@ def load_pair_data(
     evaluation = dict(shuffle=False, augment=False, captions_per_image="first",
                       **{k: options[k] for k in ("num_shards", "shard_index") if k in options})
     if kind == "shapes":
-        if validation_source is not None:
-            raise ValueError("`validation_source` applies to pairs files, not to 'shapes'.")
+        if validation_spec is not None:
+            raise ValueError("`validation_spec` applies to pairs files, not to 'shapes'.")
         return _load_shapes(value, validation_split, common, options, evaluation, report)
     if kind == "file":
         read = dict(image_root=image_root, image_column=image_column,
                     caption_column=caption_column, delimiter=delimiter)
-        return _load_files(value, validation_source, validation_split, read, bad_files, common,
+        return _load_files(value, validation_spec, validation_split, read, bad_files, common,
                            options, evaluation, report)
     if not value:
-        raise ValueError(f"`source` 'tfds:NAME' needs a data set name; received {source!r}.")
+        raise ValueError(f"`spec` 'tfds:NAME' needs a data set name; received {spec!r}.")
     return _load_tfds(value, validation_split, data_dir, common, options, evaluation, report)
+
+
+def _renamed(old_name, old_value, new_name, new_value, default):
+    """The value of a renamed argument, accepting its former name with a warning."""
+    if old_value is None:
+        return new_value
+    if new_value != default:
+        raise TypeError(f"Pass `{new_name}` only (`{old_name}` is its former name).")
+    warnings.warn(f"`{old_name}` is now `{new_name}` (the name every `load_*_data` loader "
+                  "uses); the former name will be removed.", DeprecationWarning, stacklevel=3)
+    return old_value
 
 
 def _load_shapes(value, validation_split, common, options, evaluation, report):
     total, num_validation = shapes_split_sizes(value, validation_split, DEFAULT_SHAPES_IMAGES,
-                                               "source")
+                                               "spec")
     data = generate_shapes(total, image_size=common["image_size"], seed=common["seed"])
     split = total - num_validation
     images, captions = data["images"], data["captions"]

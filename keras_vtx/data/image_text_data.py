@@ -1,11 +1,13 @@
 """What `load_pair_data()` returns: two image-text datasets and what describes them."""
 
+from keras_vtx.data.loaded_data import LoadedData
 
-class ImageTextData:
+
+class ImageTextData(LoadedData):
     """Training and validation image-text datasets of one source, with their held-out pairs.
 
-    Unpacks as `train, validation = data`; the other attributes are read by
-    name. The validation dataset is not shuffled and yields the validation
+    A `LoadedData` that unpacks as `train, validation = data`; the other
+    attributes are read by name. The validation dataset is not shuffled and yields the validation
     images in the order of `validation_captions` (and `validation_labels`), so
     that embeddings computed from it line up with them (as long as no
     unreadable file was skipped: check `bad_files.count`).
@@ -41,29 +43,8 @@ class ImageTextData:
     def __init__(self, train, validation, bad_files, num_train, num_validation, batch_size,
                  tokenizer=None, validation_captions=None, class_names=None,
                  validation_labels=None):
-        self.train = train
-        self.validation = validation
-        self.bad_files = bad_files
-        self.num_train = None if num_train is None else int(num_train)
-        self.num_validation = None if num_validation is None else int(num_validation)
-        self.batch_size = int(batch_size)
+        super().__init__(train, validation, bad_files, num_train, num_validation, batch_size,
+                         class_names=class_names)
         self.tokenizer = tokenizer
         self.validation_captions = validation_captions
-        self.class_names = None if class_names is None else tuple(class_names)
         self.validation_labels = validation_labels
-
-    @property
-    def steps_per_epoch(self):
-        """Full training batches per epoch (the training dataset drops the remainder)."""
-        return None if self.num_train is None else self.num_train // self.batch_size
-
-    def __iter__(self):
-        return iter((self.train, self.validation))
-
-    def __repr__(self):
-        classes = "" if self.class_names is None else f"classes={len(self.class_names)}, "
-        return (
-            f"ImageTextData({classes}num_train={self.num_train}, "
-            f"num_validation={self.num_validation}, batch_size={self.batch_size}, "
-            f"bad_files={self.bad_files.count})"
-        )

@@ -421,7 +421,7 @@ def test_load_pair_data_from_csv_splits_by_image_and_reports_bad_files(tmp_path)
     # An explicit validation file.
     jsonl = tmp_path / "val.jsonl"
     jsonl.write_text(json.dumps({"image": "img/img0.png", "caption": ["x", "y"]}) + "\n")
-    data = load_pair_data(path, validation_source=jsonl, image_size=8, batch_size=2,
+    data = load_pair_data(path, validation_spec=jsonl, image_size=8, batch_size=2,
                           tokenizer=TOKENIZER, image_root=tmp_path / "img")
     assert (data.num_train, data.num_validation) == (10, 1)
 
@@ -450,18 +450,18 @@ def test_tfds_missing_raises_import_error_naming_the_package(monkeypatch):
 
 @pytest.mark.backend_independent
 def test_bad_load_arguments(tmp_path):
-    with pytest.raises(ValueError, match="source"):
+    with pytest.raises(ValueError, match="spec"):
         load_pair_data("imagenet", image_size=8, tokenizer=TOKENIZER)
-    with pytest.raises(ValueError, match="source"):
+    with pytest.raises(ValueError, match="spec"):
         load_pair_data(3, image_size=8, tokenizer=TOKENIZER)
-    with pytest.raises(ValueError, match="source"):
+    with pytest.raises(ValueError, match="spec"):
         load_pair_data("shapes:lots", image_size=8, tokenizer=TOKENIZER)
-    with pytest.raises(ValueError, match="source"):
+    with pytest.raises(ValueError, match="spec"):
         load_pair_data("tfds:", image_size=8, tokenizer=TOKENIZER)
     with pytest.raises(ValueError, match="validation_split"):
         load_pair_data("shapes:10", image_size=8, validation_split=0.0, tokenizer=TOKENIZER)
-    with pytest.raises(ValueError, match="validation_source"):
-        load_pair_data("shapes:10", image_size=8, validation_source="v.csv",
+    with pytest.raises(ValueError, match="validation_spec"):
+        load_pair_data("shapes:10", image_size=8, validation_spec="v.csv",
                        tokenizer=TOKENIZER)
     with pytest.raises(TypeError, match="flip"):
         load_pair_data("shapes:10", image_size=8, flip=True, tokenizer=TOKENIZER)
@@ -475,3 +475,27 @@ def test_bad_load_arguments(tmp_path):
         pairs_from_csv(one, delimiter=", ")
     with pytest.raises(ValueError, match="path"):
         read_pairs(tmp_path / "pairs.txt")
+
+
+def test_the_former_argument_names_still_work_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="`source` is now `spec`"):
+        data = load_pair_data(source="shapes:20", image_size=8, batch_size=4,
+                              tokenizer=TOKENIZER)
+    assert data.num_validation == 4
+    with pytest.raises(TypeError, match="Pass `spec` only"):
+        load_pair_data("shapes:20", source="shapes:30", image_size=8, tokenizer=TOKENIZER)
+
+
+def test_every_loader_returns_a_loaded_data():
+    from keras_vtx.data import ClassificationData, ImageTextData, LoadedData, load_detection_data
+
+    assert issubclass(ClassificationData, LoadedData) and issubclass(ImageTextData, LoadedData)
+    pairs = load_pair_data("shapes:20", image_size=8, batch_size=4, tokenizer=TOKENIZER)
+    assert isinstance(pairs, LoadedData) and pairs.steps_per_epoch == 4
+    detection = load_detection_data("shapes:10", batch_size=2, validation_split=0.2,
+                                    data_dir=None)
+    train, validation, info = detection
+    assert isinstance(detection, LoadedData) and info is detection.info
+    assert detection.num_classes == info.num_classes and detection.class_names == info.class_names
+    assert detection.steps_per_epoch == info.steps_per_epoch == 4
+

@@ -86,12 +86,12 @@ def pil_only_pipeline(paths, image_size, batch_size):
 
         return lambda dataset: dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
-    original = image_classification._decoder
-    image_classification._decoder = pil_decoder
+    original = image_classification.image_decoder
+    image_classification.image_decoder = pil_decoder
     try:
         return keras_vtx_pipeline(paths, image_size, batch_size)
     finally:
-        image_classification._decoder = original
+        image_classification.image_decoder = original
 
 
 def synthetic_captions(count, seed=0):

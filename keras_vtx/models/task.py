@@ -94,7 +94,7 @@ class TaskPresets:
             model = load_transformers_checkpoint(value, cls, task_kwargs)
         else:
             model = load_saved_preset(value)
-        model = cls._adopt(model, preset, task_kwargs)
+        model = cls._adopt(model, preset, task_kwargs, backbone_kwargs)
         return model.rebuild_with(backbone_kwargs, task_kwargs)
 
     @classmethod
@@ -121,8 +121,12 @@ class TaskPresets:
         return cls(**{**config, **task_kwargs})
 
     @classmethod
-    def _adopt(cls, model, preset, task_kwargs):
-        """Turns a loaded model into a `cls`: itself, or its backbone with a fresh head."""
+    def _adopt(cls, model, preset, task_kwargs, backbone_kwargs):
+        """Turns a loaded model into a `cls`: itself, or its backbone with a fresh head.
+
+        `backbone_kwargs` are applied afterwards by `rebuild_with`; a task that
+        adopts another task (`ImageGPTClassifier` an `ImageGPT`) may need them first.
+        """
         if isinstance(model, cls):
             return model
         if len(cls.preset_backbones()) == 1 and isinstance(model, cls.backbone_cls):

@@ -134,3 +134,14 @@ def test_a_preset_of_another_family_is_a_clear_error():
         ViTClassifier.from_preset("igpt_tiny_test", num_classes=3)
     with pytest.raises(ValueError, match="holds no ViTBackbone"):
         ViTBackbone.from_preset("igpt_tiny_test")
+
+
+def test_a_saved_image_gpt_becomes_a_bert_classifier(tmp_path):
+    # The objective decides the backbone's attention before the classifier adopts it.
+    generator = ImageGPT.from_preset("igpt_tiny_test")
+    generator.save_to_preset(str(tmp_path / "igpt"))
+    model = ImageGPTClassifier.from_preset(str(tmp_path / "igpt"), num_classes=3,
+                                           objective="bert", dropout=0.1)
+    assert (model.objective, model.backbone.causal, model.dropout) == ("bert", False, 0.1)
+    for ours, theirs in zip(model.backbone.weights, generator.backbone.weights):
+        np.testing.assert_array_equal(to_numpy(ours), to_numpy(theirs))

@@ -290,15 +290,20 @@ class ImageGPTClassifier(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, 
         return super().from_preset(preset, **kwargs)
 
     @classmethod
-    def _adopt(cls, model, preset, task_kwargs):
+    def _adopt(cls, model, preset, task_kwargs, backbone_kwargs):
         if isinstance(model, ImageGPT):
             if "num_classes" not in task_kwargs:
                 raise ValueError(
                     f"Preset {preset!r} holds an ImageGPT, which has no classification "
                     "head: pass `num_classes`."
                 )
+            # The generator first takes the overrides it shares with the classifier (a
+            # new objective changes its backbone's attention), then gives its weights.
+            shared = {k: v for k, v in task_kwargs.items()
+                      if k in ("objective", "mask_rate", "palette", "seed")}
+            model = model.rebuild_with(backbone_kwargs, shared)
             return cls.from_generator(model, **task_kwargs)
-        return super()._adopt(model, preset, task_kwargs)
+        return super()._adopt(model, preset, task_kwargs, backbone_kwargs)
 
     def get_config(self):
         return self.base_config(

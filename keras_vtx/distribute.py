@@ -25,6 +25,12 @@ What each backend gets:
   or write a custom loop with `torch.nn.parallel.DistributedDataParallel`.
   `devices=["cuda:1"]` picks the device.
 
+Several processes (one per host): `initialize()` first starts JAX's
+multi-process runtime from Keras' `KERAS_DISTRIBUTION_*` variables, and
+`get_distribution()` then spans every device of every process; each process
+feeds its shard of every global batch (`process_count()`, `process_index()`),
+and `is_chief()` says which one writes files. See docs/distribute.md.
+
 TensorFlow is imported only when the TensorFlow backend is active, so this
 module imports and runs on a JAX- or PyTorch-only machine.
 
@@ -113,6 +119,116 @@ class Distribution:
             f"Distribution(kind={self.kind!r}, num_replicas={self.num_replicas}, "
             f"backend_strategy={strategy}{device})"
         )
+
+
+# Keras' own environment variables for JAX's multi-process runtime
+# (`keras.distribution.initialize`).
+_JAX_ENV = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
+            "KERAS_DISTRIBUTION_PROCESS_ID")
+
+
+def initialize(job_addresses=None, num_processes=None, process_id=None):
+    """Starts the multi-process runtime when the arguments or the environment ask for one.
+
+    Call it first in a script that may run as one process per host; then
+    `get_distribution()` spans every device of every process. A single
+    process (nothing set, or one process) is left as it is.
+
+    - **JAX**: `keras.distribution.initialize()` (JAX's distributed runtime),
+      from the arguments or Keras' variables `KERAS_DISTRIBUTION_JOB_ADDRESSES`
+      (the coordinator's `host:port`, or every process's, comma-separated),
+      `KERAS_DISTRIBUTION_NUM_PROCESSES` and `KERAS_DISTRIBUTION_PROCESS_ID`.
+      On a TPU pod slice JAX finds all three itself: set
+      `KERAS_DISTRIBUTION_NUM_PROCESSES` (or pass `num_processes`) only. On
+      machines without accelerators the processes exchange tensors through
+      gloo (JAX's CPU collectives), over the loopback for tests.
+    - **TensorFlow** and **PyTorch**: not implemented yet; a request for
+      several processes raises a `ValueError` saying so (see
+      `docs/distribute.md`).
+
+    Args:
+        job_addresses: str, the coordinator's address (`"10.0.0.1:1234"`), or
+            None to read the environment.
+        num_processes: int, or None to read the environment.
+        process_id: int in `[0, num_processes)`, or None to read the
+            environment (or let a TPU pod say).
+
+    Returns:
+        True when a multi-process runtime was started, else False.
+
+    Example:
+    >>> initialize()  # one process: nothing to start
+    False
+    """
+    job_addresses = job_addresses or os.environ.get(_JAX_ENV[0]) or None
+    num_processes = _int_setting("num_processes", num_processes, _JAX_ENV[1])
+    process_id = _int_setting("process_id", process_id, _JAX_ENV[2])
+    if num_processes is None or num_processes <= 1:
+        if process_id not in (None, 0):
+            raise ValueError(
+                f"`process_id` {process_id} needs `num_processes` > 1; received "
+                f"num_processes={num_processes}."
+            )
+        return False
+    if process_id is not None and not 0 <= process_id < num_processes:
+        raise ValueError(
+            f"`process_id` must be in [0, num_processes={num_processes}); received {process_id}."
+        )
+    backend = keras.backend.backend()
+    if backend != "jax":
+        raise ValueError(
+            f"Several processes (num_processes={num_processes}) are implemented for the JAX "
+            f"backend; the {backend} backend trains in one process here. Run with "
+            "KERAS_BACKEND=jax, or see docs/distribute.md."
+        )
+    import jax
+
+    if jax.distributed.is_initialized():
+        return True  # a second call
+    # Collectives between CPU devices of several processes go through gloo (the
+    # setting concerns CPU devices only; it must precede the runtime's start, when no
+    # backend may be initialised yet, so it is set whatever the accelerators).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    keras.distribution.initialize(job_addresses=job_addresses, num_processes=num_processes,
+                                  process_id=process_id)
+    return True
+
+
+def process_index():
+    """This process's index among the training processes (0 in a single process)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.process_index()
+    return 0
+
+
+def process_count():
+    """How many processes train together (1 in a single process)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.process_count()
+    return 1
+
+
+def is_chief():
+    """Whether this process writes the checkpoints, logs, presets and reports (process 0)."""
+    return process_index() == 0
+
+
+def _int_setting(name, value, variable):
+    if value is None:
+        value = os.environ.get(variable)
+        if value in (None, ""):
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"{variable} must be an int; received {value!r}.") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"`{name}` must be an int; received {value!r}.")
+    return value
 
 
 def get_distribution(kind="auto", devices=None, model_parallel=None):
@@ -282,7 +398,11 @@ def _jax_distribution(kind, devices, model_parallel):
         return Distribution("model_parallel", shape[0], strategy)
     if kind == "default" or (kind == "auto" and devices is None and len(all_devices) == 1):
         return Distribution("default", 1, None)
-    strategy = kd.DataParallel(devices=all_devices)
+    # Several processes: each feeds its own shard of every global batch (keras_vtx's
+    # loaders shard themselves; Keras' auto-sharding cannot find the batch size of a
+    # pipeline that maps or prefetches after batching).
+    strategy = kd.DataParallel(devices=all_devices,
+                               auto_shard_dataset=process_count() == 1)
     return Distribution("tpu" if kind == "tpu" else "data_parallel", len(all_devices), strategy)
 
 

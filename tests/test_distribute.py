@@ -337,3 +337,59 @@ def test_imports_and_runs_without_tensorflow():
         text=True, timeout=300,
     )
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-4000:]
+
+
+# Runs once, from the PyTorch session (the subprocesses set their own backend).
+@pytest.mark.only_backend("torch")
+@pytest.mark.slow
+def test_two_jax_processes_train_like_one():
+    # keras_vtx.distribute.initialize() from Keras' KERAS_DISTRIBUTION_* variables, two
+    # CPU processes on the loopback, each feeding its shard of every global batch: the
+    # ViT classifier and CLIP (whose loss contrasts the global batch) end two epochs
+    # with the weights and losses of one process on the whole batch.
+    script = os.path.join(ROOT, "tests", "distribute_scripts", "jax_multiprocess.py")
+    result = subprocess.run([sys.executable, script], capture_output=True, text=True,
+                            timeout=900, cwd=ROOT)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
+    assert result.returncode == 0 and lines, result.stderr[-4000:]
+    workers = [r for r in json.loads(lines[-1][len("REPORT "):]) if r["kind"] == "worker"]
+    (single,) = [r for r in json.loads(lines[-1][len("REPORT "):]) if r["kind"] == "single"]
+    assert sorted(r["process"] for r in workers) == [0, 1]
+    assert [r["chief"] for r in sorted(workers, key=lambda r: r["process"])] == [True, False]
+    assert all(r["started"] and r["processes"] == 2 and r["replicas"] == 2 for r in workers)
+    assert not single["started"] and single["replicas"] == 1
+    for worker in workers:
+        for key in ("vit_loss", "clip_loss"):
+            np.testing.assert_allclose(worker[key], single[key], rtol=1e-5, err_msg=key)
+        for key in ("vit_weights", "clip_weights"):
+            for ours, theirs in zip(worker[key], single[key]):
+                np.testing.assert_allclose(ours, theirs, atol=1e-5, err_msg=key)
+    # Contrasting only a process's own half would give another loss.
+    assert abs(single["clip_half_batch_loss"][0] - single["clip_loss"][0]) > 0.05
+
+
+def test_initialize_leaves_a_single_process_alone(monkeypatch):
+    from keras_vtx import distribute
+
+    for name in ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
+                 "KERAS_DISTRIBUTION_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert distribute.initialize() is False
+    assert distribute.initialize(num_processes=1) is False
+    assert (distribute.process_index(), distribute.process_count(), distribute.is_chief()) == (
+        0, 1, True)
+    with pytest.raises(ValueError, match="`process_id` 1 needs `num_processes` > 1"):
+        distribute.initialize(num_processes=1, process_id=1)
+    with pytest.raises(ValueError, match=r"`process_id` must be in \[0, num_processes=2\)"):
+        distribute.initialize(num_processes=2, process_id=2)
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "two")
+    with pytest.raises(ValueError, match="KERAS_DISTRIBUTION_NUM_PROCESSES must be an int"):
+        distribute.initialize()
+
+
+@pytest.mark.only_backend("torch")
+def test_several_processes_are_refused_where_not_implemented():
+    from keras_vtx import distribute
+
+    with pytest.raises(ValueError, match="implemented for the JAX backend; the torch backend"):
+        distribute.initialize(job_addresses="127.0.0.1:1", num_processes=2, process_id=0)

@@ -1,0 +1,125 @@
+"""Two JAX processes (CPU, loopback) against one: the same training, the same weights.
+
+Run by tests/test_distribute.py. Without arguments it starts two worker processes
+(`keras_vtx.distribute.initialize()` from Keras' KERAS_DISTRIBUTION_* variables, a
+coordinator on a free loopback port) and one single-process run, each training a tiny
+ViT classifier and a tiny CLIP for two epochs on the same tf.data dataset of the global
+batch; it prints one line, "REPORT " + JSON of every process's results. Every process
+is bounded by a timeout and killed if it overruns.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+TIMEOUT = 300
+GLOBAL_BATCH = 8
+
+
+def train(kind):
+    os.environ["KERAS_BACKEND"] = "jax"
+    sys.path.insert(0, ROOT)
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_vtx import distribute
+    from keras_vtx.models import CLIP, CLIPTextEncoder, ViTBackbone, ViTClassifier
+
+    started = distribute.initialize()
+    distribution = distribute.get_distribution()
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (16, 16, 16, 3)).astype("float32")
+    labels = rng.integers(0, 3, 16)
+    ids = np.zeros((16, 8), "int32")
+    ids[:, 0], ids[:, 1:4], ids[:, 4] = 48, rng.integers(1, 48, (16, 3)), 49
+    vit = dict(image_size=16, patch_size=4, num_layers=1, hidden_dim=16, num_heads=2,
+               mlp_dim=32)
+    results = {"kind": kind, "started": started, "process": distribute.process_index(),
+               "processes": distribute.process_count(), "chief": distribute.is_chief(),
+               "replicas": distribution.num_replicas, "strategy": repr(distribution)}
+    with distribution.scope():
+        keras.utils.set_random_seed(0)
+        model = ViTClassifier(ViTBackbone(**vit), num_classes=3,
+                              head_initializer="glorot_uniform")
+        model.compile(optimizer=keras.optimizers.SGD(0.1),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        # Each process feeds its shard of every global batch.
+        shards, index = distribute.process_count(), distribute.process_index()
+        local = GLOBAL_BATCH // shards
+        data = tf.data.Dataset.from_tensor_slices((images, labels)).shard(shards, index)
+        history = model.fit(data.batch(local), epochs=2, verbose=0)
+        results["vit_loss"] = history.history["loss"]
+        results["vit_weights"] = [np.asarray(w).ravel()[:4].tolist() for w in model.get_weights()]
+        keras.utils.set_random_seed(0)
+        clip = CLIP(ViTBackbone(**vit, pre_norm=True), CLIPTextEncoder(
+            vocabulary_size=50, context_length=8, num_layers=1, hidden_dim=16, num_heads=2,
+            mlp_dim=32, end_token_id=49), projection_dim=12)
+        clip.compile(optimizer=keras.optimizers.SGD(0.1))
+        pairs = tf.data.Dataset.from_tensor_slices({"images": images, "token_ids": ids})
+        history = clip.fit(pairs.shard(shards, index).batch(local), epochs=2, verbose=0)
+        results["clip_loss"] = history.history["loss"]
+        results["clip_weights"] = [np.asarray(w).ravel()[:4].tolist()
+                                   for w in clip.get_weights()]
+        if kind == "single":
+            # What a process contrasting only its own half of each batch would see: the
+            # same CLIP trained on batches of GLOBAL_BATCH / 2 (so the comparison can fail).
+            keras.utils.set_random_seed(0)
+            half = CLIP(ViTBackbone(**vit, pre_norm=True), CLIPTextEncoder(
+                vocabulary_size=50, context_length=8, num_layers=1, hidden_dim=16,
+                num_heads=2, mlp_dim=32, end_token_id=49), projection_dim=12)
+            half.compile(optimizer=keras.optimizers.SGD(0.1))
+            history = half.fit(pairs.batch(GLOBAL_BATCH // 2), epochs=2, verbose=0)
+            results["clip_half_batch_loss"] = history.history["loss"]
+    print("REPORT " + json.dumps(results), flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main():
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KERAS_DISTRIBUTION_")}
+    base.update(KERAS_BACKEND="jax", CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu",
+                TF_CPP_MIN_LOG_LEVEL="3")
+    runs = []
+    for process in range(2):
+        env = dict(base, KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}",
+                   KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+                   KERAS_DISTRIBUTION_PROCESS_ID=str(process))
+        runs.append(subprocess.Popen([sys.executable, __file__, "worker"], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True))
+    runs.append(subprocess.Popen([sys.executable, __file__, "single"], env=base,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    reports, errors = [], []
+    try:
+        for run in runs:
+            out, err = run.communicate(timeout=TIMEOUT)
+            lines = [line for line in out.splitlines() if line.startswith("REPORT ")]
+            if run.returncode or not lines:
+                errors.append(err[-3000:])
+            else:
+                reports.append(json.loads(lines[-1][len("REPORT "):]))
+    finally:
+        for run in runs:  # every process stops, whatever happened
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    if errors:
+        print("\n---\n".join(errors), file=sys.stderr)
+        sys.exit(1)
+    print("REPORT " + json.dumps(reports), flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        train(sys.argv[1])
+    else:
+        main()

@@ -366,30 +366,12 @@ def test_two_jax_processes_train_like_one():
                 np.testing.assert_allclose(ours, theirs, atol=1e-5, err_msg=key)
     # Contrasting only a process's own half would give another loss.
     assert abs(single["clip_half_batch_loss"][0] - single["clip_loss"][0]) > 0.05
-
-
-def test_initialize_leaves_a_single_process_alone(monkeypatch):
-    from keras_vtx import distribute
-
-    for name in ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
-                 "KERAS_DISTRIBUTION_PROCESS_ID"):
-        monkeypatch.delenv(name, raising=False)
-    assert distribute.initialize() is False
-    assert distribute.initialize(num_processes=1) is False
-    assert (distribute.process_index(), distribute.process_count(), distribute.is_chief()) == (
-        0, 1, True)
-    with pytest.raises(ValueError, match="`process_id` 1 needs `num_processes` > 1"):
-        distribute.initialize(num_processes=1, process_id=1)
-    with pytest.raises(ValueError, match=r"`process_id` must be in \[0, num_processes=2\)"):
-        distribute.initialize(num_processes=2, process_id=2)
-    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "two")
-    with pytest.raises(ValueError, match="KERAS_DISTRIBUTION_NUM_PROCESSES must be an int"):
-        distribute.initialize()
-
-
-@pytest.mark.only_backend("torch")
-def test_several_processes_are_refused_where_not_implemented():
-    from keras_vtx import distribute
-
-    with pytest.raises(ValueError, match="implemented for the JAX backend; the torch backend"):
-        distribute.initialize(job_addresses="127.0.0.1:1", num_processes=2, process_id=0)
+    # keras_vtx's loaders shard training data by process: batches of 8 / 2 and the same
+    # number of steps in every process (36 // 8 = 4); every process evaluates the whole
+    # validation split (9 images, in batches of 4), so all take as many steps.
+    loaders = [r["loader"] for r in workers]
+    assert all(lo["steps_per_epoch"] == 4 and lo["batch_sizes"] == [4] * 4 for lo in loaders)
+    assert single["loader"]["batch_sizes"] == [8] * 4
+    assert all(lo["validation_batch_sizes"] == [4, 4, 1] for lo in loaders)
+    assert loaders[0]["validation_labels"] == loaders[1]["validation_labels"] == (
+        single["loader"]["validation_labels"])

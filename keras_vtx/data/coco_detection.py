@@ -65,7 +65,12 @@ from keras_vtx.data.bad_file_report import BadFileReport
 from keras_vtx.data.image_files import check_bad_files, image_decoder
 from keras_vtx.data.loaded_data import LoadedData
 from keras_vtx.data.shapes import export_shapes_coco
-from keras_vtx.data.sources import check_shards, positive_int, shard_deterministically
+from keras_vtx.data.sources import (
+    check_shards,
+    positive_int,
+    process_sharding,
+    shard_deterministically,
+)
 from keras_vtx.data.text_files import utf8_error
 
 logger = logging.getLogger("keras_vtx.data")
@@ -465,7 +470,8 @@ def coco_detection_dataset(
                 np.concatenate(records["labels"] + [np.zeros((0,), "int32")]), lengths),
         },
     ))
-    dataset = shard_deterministically(source, num_shards, shard_index)
+    dataset = shard_deterministically(source, num_shards, shard_index,
+                                      whole_batches_of=batch_size if training else None)
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = image_decoder(report, bad_files)(dataset)
@@ -737,13 +743,19 @@ def load_detection_data(spec="shapes", *, batch_size=8, image_dir=None, val_anno
             first = read_coco_annotations(val_json)["file_names"]
             val_image_dir = _find_image_dir(val_json, first[0]) if first else image_dir
     report = BadFileReport()
+    # One shard per training process; each batches its part of the global batch.
+    options, shard_batch = process_sharding(options, batch_size)
     train, train_info = coco_detection_dataset(train_json, image_dir, training=True,
-                                               batch_size=batch_size, seed=seed, report=report,
-                                               **options)
-    val_options = {k: v for k, v in options.items() if k not in ("flip", "shuffle_buffer")}
+                                               batch_size=shard_batch, seed=seed,
+                                               report=report, **options)
+    # Validation is not sharded: every process evaluates the whole split (see
+    # keras_vtx.data.sources.process_sharding).
+    val_options = {k: v for k, v in options.items()
+                   if k not in ("flip", "shuffle_buffer", "num_shards", "shard_index")}
     validation, val_info = coco_detection_dataset(val_json, val_image_dir, training=False,
-                                                  batch_size=batch_size, seed=seed,
+                                                  batch_size=shard_batch, seed=seed,
                                                   report=report, **val_options)
+    val_info.batch_size = batch_size  # the global batch: steps_per_epoch counts global steps
     if val_info.category_ids != train_info.category_ids:
         raise ValueError(f"The categories of {val_json!r} differ from those of {train_json!r}.")
     val_info.num_train = train_info.num_train

@@ -10,11 +10,13 @@ datasets feed `model.fit()` on any Keras backend.
 What a pipeline does, in order:
 
 1. **Shard** (when `num_shards > 1`): keeps every `num_shards`-th element from
-   `shard_index`, before anything is decoded. Use it for several hosts (for
-   JAX, `num_shards=jax.process_count(), shard_index=jax.process_index()`);
-   tf.data's own auto-sharding is then switched off so that a
-   `tf.distribute` strategy does not shard a second time. With the default
-   `num_shards=1` a multi-worker `tf.distribute` strategy auto-shards as usual.
+   `shard_index`, before anything is decoded (training pipelines first cut the
+   source to whole global batches, so that every shard takes as many steps).
+   `load_classification_data` shards its training data by training process
+   (`keras_vtx.distribute.process_count()`) unless told otherwise; tf.data's
+   own auto-sharding is then switched off so that a `tf.distribute` strategy
+   does not shard a second time. With `num_shards=1` a multi-worker
+   `tf.distribute` strategy auto-shards as usual.
 2. **Shuffle** (training): with `seed`, reshuffled each epoch, reproducibly.
 3. **Decode** (files): in the TensorFlow graph, with PIL as the fallback; see
    "Bad files" below.
@@ -61,6 +63,7 @@ from keras_vtx.data.sources import (
     check_shards,
     import_tfds,
     positive_int,
+    process_sharding,
     shapes_split_sizes,
     shard_deterministically,
 )
@@ -145,7 +148,8 @@ def _pipeline(
     if padding is None:
         padding = image_size // 8
 
-    dataset = shard_deterministically(source, num_shards, shard_index)
+    dataset = shard_deterministically(source, num_shards, shard_index,
+                                      whole_batches_of=batch_size if training else None)
     if training:
         buffer = shuffle_buffer or 10_000
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
@@ -464,7 +468,10 @@ def load_classification_data(
             `flip` (bool), `rand_augment` (None or RandAugment's factor in [0, 1]),
             `mixup_alpha`, `cutmix_alpha` (0 is off; either gives one-hot labels
             in both datasets), `shuffle_buffer`, `cache`, `num_shards` and
-            `shard_index`.
+            `shard_index` (the training data's shards: by default one per
+            training process, `keras_vtx.distribute.process_count()`; each
+            batches `batch_size // num_shards`, and the validation data is
+            not sharded).
 
     Returns:
         A `ClassificationData`: unpacks as `train, validation, class_names`
@@ -484,28 +491,34 @@ def load_classification_data(
         raise ValueError(f"`validation_split` must be in (0, 1); received {validation_split!r}.")
     kind, _, value = spec.partition(":")
     report = BadFileReport()
-    common = dict(image_size=image_size, batch_size=batch_size, seed=seed)
+    # One shard per training process; each batches its part of the global batch.
+    options, shard_batch = process_sharding(options, batch_size)
+    common = dict(image_size=image_size, batch_size=shard_batch, seed=seed)
     shapes_options = _check_shapes_options(shapes_options, kind)
     if kind == "shapes":
-        return _load_shapes(value, validation_split, common, options, report, shapes_options)
-    if kind == "dir":
+        data = _load_shapes(value, validation_split, common, options, report, shapes_options)
+    elif kind == "dir":
         if not value:
             raise ValueError(f"`spec` 'dir:PATH' needs a folder path; received {spec!r}.")
-        return _load_directory(value, validation_split, bad_files, common, options, report)
-    if kind == "tfds":
+        data = _load_directory(value, validation_split, bad_files, common, options, report)
+    elif kind == "tfds":
         if not value:
             raise ValueError(f"`spec` 'tfds:NAME' needs a data set name; received {spec!r}.")
-        return _load_tfds(value, validation_split, common, options, report)
-    raise ValueError(
-        f"`spec` must be 'shapes', 'shapes:N', 'dir:PATH' or 'tfds:NAME'; received {spec!r}."
-    )
+        data = _load_tfds(value, validation_split, common, options, report)
+    else:
+        raise ValueError(
+            f"`spec` must be 'shapes', 'shapes:N', 'dir:PATH' or 'tfds:NAME'; received "
+            f"{spec!r}."
+        )
+    data.batch_size = batch_size  # the global batch: steps_per_epoch counts global steps
+    return data
 
 
 def _eval_options(options, num_classes):
     mixing = bool(options.get("mixup_alpha") or options.get("cutmix_alpha"))
     keep = {
         k: options[k]
-        for k in ("eval_crop_fraction", "cache", "num_shards", "shard_index")
+        for k in ("eval_crop_fraction", "cache")  # not sharded: see process_sharding
         if k in options
     }
     return {**keep, "num_classes": num_classes, "one_hot": mixing}

@@ -56,6 +56,7 @@ from keras_vtx.data.sources import (
     check_shards,
     import_tfds,
     positive_int,
+    process_sharding,
     shapes_split_sizes,
     shard_deterministically,
 )
@@ -435,7 +436,10 @@ def _pair_pipeline(source, decode, *, tokenizer, image_size, batch_size, shuffle
     if drop_remainder is None:
         drop_remainder = bool(shuffle)
 
-    dataset = shard_deterministically(source, num_shards, shard_index)
+    dataset = shard_deterministically(
+        source, num_shards, shard_index,
+        whole_batches_of=batch_size if drop_remainder and captions_per_image != "flatten"
+        else None)
     if captions_per_image == "flatten":
         # Before shuffling, so that the captions of one image land in different batches
         # (two in one batch would be each other's false negatives).
@@ -608,10 +612,11 @@ def load_pair_data(
         validation_source: the former name of `validation_spec` (deprecated).
         **options: training pipeline options of `dataset_from_pairs`:
             `augment`, `crop_scale`, `captions_per_image` (default `"sample"`),
-            `shuffle_buffer`, `num_shards`, `shard_index` (the last two also
-            apply to validation). The validation dataset is neither shuffled
-            nor augmented, keeps its last batch and takes each image's first
-            caption.
+            `shuffle_buffer`, `num_shards`, `shard_index` (the training data's
+            shards: by default one per training process; each batches
+            `batch_size // num_shards`). The validation dataset is neither
+            sharded, shuffled nor augmented, keeps its last batch and takes
+            each image's first caption.
 
     Returns:
         An `ImageTextData`: unpacks as `train, validation`, and has
@@ -642,21 +647,27 @@ def load_pair_data(
         raise TypeError(f"load_pair_data() got unexpected option(s) {sorted(unknown)}.")
     tokenizer = _check_tokenizer(tokenizer)
     report = BadFileReport()
-    common = dict(tokenizer=tokenizer, image_size=image_size, batch_size=batch_size, seed=seed)
-    evaluation = dict(shuffle=False, augment=False, captions_per_image="first",
-                      **{k: options[k] for k in ("num_shards", "shard_index") if k in options})
+    # One shard per training process; each batches its part of the global batch.
+    options, shard_batch = process_sharding(options, batch_size)
+    common = dict(tokenizer=tokenizer, image_size=image_size, batch_size=shard_batch, seed=seed)
+    # Not sharded: every process evaluates the whole split (see process_sharding).
+    evaluation = dict(shuffle=False, augment=False, captions_per_image="first")
     if kind == "shapes":
         if validation_spec is not None:
             raise ValueError("`validation_spec` applies to pairs files, not to 'shapes'.")
-        return _load_shapes(value, validation_split, common, options, evaluation, report)
-    if kind == "file":
+        data = _load_shapes(value, validation_split, common, options, evaluation, report)
+    elif kind == "file":
         read = dict(image_root=image_root, image_column=image_column,
                     caption_column=caption_column, delimiter=delimiter)
-        return _load_files(value, validation_spec, validation_split, read, bad_files, common,
+        data = _load_files(value, validation_spec, validation_split, read, bad_files, common,
                            options, evaluation, report)
-    if not value:
-        raise ValueError(f"`spec` 'tfds:NAME' needs a data set name; received {spec!r}.")
-    return _load_tfds(value, validation_split, data_dir, common, options, evaluation, report)
+    else:
+        if not value:
+            raise ValueError(f"`spec` 'tfds:NAME' needs a data set name; received {spec!r}.")
+        data = _load_tfds(value, validation_split, data_dir, common, options, evaluation,
+                          report)
+    data.batch_size = batch_size  # the global batch: steps_per_epoch counts global steps
+    return data
 
 
 def _renamed(old_name, old_value, new_name, new_value, default):

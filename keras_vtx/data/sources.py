@@ -27,19 +27,66 @@ def check_shards(num_shards, shard_index):
     return num_shards
 
 
-def shard_deterministically(dataset, num_shards, shard_index):
+def shard_deterministically(dataset, num_shards, shard_index, whole_batches_of=None):
     """This host's shard of `dataset` (before decoding), in a deterministic order.
 
     Sharding is done here, by element, so tf.distribute must not shard again.
+    With `whole_batches_of` (a training pipeline's batch per shard) and a known
+    number of elements, the source is first cut to whole global batches
+    (`whole_batches_of * num_shards`): every shard then has as many full
+    batches, so every process takes as many steps. The cut-off remainder (fewer
+    than one global batch, the source's last elements) is the one a single
+    process would drop from its last batch too.
     """
     options = tf.data.Options()
     if num_shards > 1:
+        if whole_batches_of:
+            count = int(dataset.cardinality())
+            if count >= 0:
+                dataset = dataset.take(count - count % (whole_batches_of * num_shards))
         dataset = dataset.shard(num_shards, shard_index)
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.OFF
         )
     options.deterministic = True
     return dataset.with_options(options)
+
+
+def process_sharding(options, batch_size):
+    """The loaders' sharding over training processes, and the batch of one shard.
+
+    `options` may name `num_shards` and `shard_index`; by default there is one
+    shard per training process (`keras_vtx.distribute.process_count()`, this
+    one's `process_index()`: one in a single process). `batch_size` is the
+    global batch: each shard batches `batch_size // num_shards`.
+
+    Training data is sharded (and cut to whole global batches, so that every
+    process takes as many steps). Validation data is not: every process reads
+    the whole split in batches of `batch_size // num_shards`, all processes
+    feeding the same examples, so the metrics are those of the whole split
+    and every process takes as many evaluation steps.
+
+    Returns:
+        `(options with num_shards and shard_index, per-shard batch size)`.
+    """
+    from keras_vtx import distribute
+
+    num_shards = options.get("num_shards")
+    shard_index = options.get("shard_index")
+    if num_shards is None:
+        num_shards = distribute.process_count()
+        if shard_index is None:
+            shard_index = distribute.process_index()
+    num_shards = check_shards(num_shards, 0 if shard_index is None else shard_index)
+    shard_index = 0 if shard_index is None else shard_index
+    positive_int("batch_size", batch_size)
+    if batch_size % num_shards:
+        raise ValueError(
+            f"`batch_size` is the global batch and must be divisible by the number of shards "
+            f"(one per process: {num_shards}); received {batch_size}."
+        )
+    return {**options, "num_shards": num_shards, "shard_index": shard_index}, (
+        batch_size // num_shards)
 
 
 def import_tfds():

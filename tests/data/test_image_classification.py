@@ -152,18 +152,19 @@ def test_one_hot_evaluation_labels():
 def test_shards_are_disjoint_and_cover_the_data():
     images = np.zeros((23, 8, 8, 3), np.uint8)
     ids = np.arange(23)
-    seen = []
+    seen, trained = [], []
     for index in range(3):
         for training in (False, True):
             dataset = dataset_from_arrays(images, ids, training=training, image_size=8,
                                           batch_size=1, num_shards=3, shard_index=index)
             shard = np.concatenate([y for _, y in _batches(dataset)])
-            if not training:
-                seen.append(set(shard.tolist()))
-            else:
-                assert set(shard.tolist()) == seen[-1]
+            (trained if training else seen).append(set(shard.tolist()))
     assert all(not (a & b) for i, a in enumerate(seen) for b in seen[i + 1:])
     assert set().union(*seen) == set(range(23))
+    # Training keeps whole global batches (3 x 1): every shard gets 7 images, the
+    # last 2 (less than one global batch) are left out, as from a last partial batch.
+    assert [len(t) for t in trained] == [7, 7, 7] and set().union(*trained) == set(range(21))
+    assert all(t <= s for t, s in zip(trained, seen))
 
 
 def _write_image_folder(root, corrupt=()):
@@ -404,3 +405,34 @@ def test_bad_directory_and_spec_arguments(tmp_path):
         load_classification_data("shapes:10", image_size=16, validation_split=1.0)
     with pytest.raises(ValueError, match="bad_files"):
         dataset_from_files(["a.png"], [0], training=False, image_size=8, bad_files="ignore")
+
+
+@pytest.mark.backend_independent
+def test_loaders_shard_the_global_batch_over_processes():
+    # Two shards (two processes) of 23 images with a global batch of 6: each shard
+    # batches 3, both take the same 3 steps (the last 5 images, less than one global
+    # batch, are left out as a single process leaves them out of its last batch), and
+    # the shards' images are disjoint.
+    from keras_vtx.data import load_classification_data
+
+    seen = []
+    for index in range(2):
+        data = load_classification_data("shapes:29", image_size=16, batch_size=6,
+                                        validation_split=0.2, num_shards=2, shard_index=index)
+        assert data.batch_size == 6 and data.num_train == 23 and data.steps_per_epoch == 3
+        batches = list(data.train.as_numpy_iterator())
+        assert [len(labels) for _, labels in batches] == [3, 3, 3]
+        seen.append({images.tobytes() for images in np.concatenate([x for x, _ in batches])})
+    assert not seen[0] & seen[1]
+    with pytest.raises(ValueError, match="global batch and must be divisible"):
+        load_classification_data("shapes:29", image_size=16, batch_size=5, num_shards=2,
+                                  shard_index=0)
+
+
+@pytest.mark.backend_independent
+def test_one_process_means_one_shard():
+    from keras_vtx.data.sources import process_sharding
+
+    assert process_sharding({}, 8) == ({"num_shards": 1, "shard_index": 0}, 8)
+    assert process_sharding({"num_shards": 4, "shard_index": 3}, 8) == (
+        {"num_shards": 4, "shard_index": 3}, 2)

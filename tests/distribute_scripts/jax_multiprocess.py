@@ -74,6 +74,20 @@ def train(kind):
             half.compile(optimizer=keras.optimizers.SGD(0.1))
             history = half.fit(pairs.batch(GLOBAL_BATCH // 2), epochs=2, verbose=0)
             results["clip_half_batch_loss"] = history.history["loss"]
+    # A keras_vtx loader given the global batch: this process's shard, in batches of
+    # its part of the global batch, as many steps as every other process.
+    from keras_vtx.data import load_classification_data
+
+    data = load_classification_data("shapes:45", image_size=16, batch_size=GLOBAL_BATCH,
+                                    validation_split=0.2)
+    batches = list(data.train.as_numpy_iterator())
+    validation = list(data.validation.as_numpy_iterator())
+    results["loader"] = {
+        "steps_per_epoch": data.steps_per_epoch,
+        "batch_sizes": [len(labels) for _, labels in batches],
+        "validation_batch_sizes": [len(labels) for _, labels in validation],
+        "validation_labels": np.concatenate([labels for _, labels in validation]).tolist(),
+    }
     print("REPORT " + json.dumps(results), flush=True)
 
 

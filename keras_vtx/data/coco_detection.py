@@ -70,6 +70,7 @@ from keras_vtx.data.sources import (
     positive_int,
     process_sharding,
     shard_deterministically,
+    shard_seed,
 )
 from keras_vtx.data.text_files import utf8_error
 
@@ -472,6 +473,7 @@ def coco_detection_dataset(
     ))
     dataset = shard_deterministically(source, num_shards, shard_index,
                                       whole_batches_of=batch_size if training else None)
+    seed = shard_seed(seed, num_shards, shard_index)
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = image_decoder(report, bad_files)(dataset)

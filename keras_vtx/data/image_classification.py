@@ -66,6 +66,7 @@ from keras_vtx.data.sources import (
     process_sharding,
     shapes_split_sizes,
     shard_deterministically,
+    shard_seed,
 )
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif")
@@ -150,6 +151,7 @@ def _pipeline(
 
     dataset = shard_deterministically(source, num_shards, shard_index,
                                       whole_batches_of=batch_size if training else None)
+    seed = shard_seed(seed, num_shards, shard_index)
     if training:
         buffer = shuffle_buffer or 10_000
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)

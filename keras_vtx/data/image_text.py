@@ -59,6 +59,7 @@ from keras_vtx.data.sources import (
     process_sharding,
     shapes_split_sizes,
     shard_deterministically,
+    shard_seed,
 )
 from keras_vtx.data.text_files import utf8_error, utf8_lines
 
@@ -440,6 +441,7 @@ def _pair_pipeline(source, decode, *, tokenizer, image_size, batch_size, shuffle
         source, num_shards, shard_index,
         whole_batches_of=batch_size if drop_remainder and captions_per_image != "flatten"
         else None)
+    seed = shard_seed(seed, num_shards, shard_index)
     if captions_per_image == "flatten":
         # Before shuffling, so that the captions of one image land in different batches
         # (two in one batch would be each other's false negatives).

@@ -52,6 +52,17 @@ def shard_deterministically(dataset, num_shards, shard_index, whole_batches_of=N
     return dataset.with_options(options)
 
 
+def shard_seed(seed, num_shards, shard_index):
+    """The shuffling and augmentation seed of one shard: `seed` for shard 0, others apart.
+
+    Every process shuffles and augments its own shard; with one seed for all,
+    image i of every shard would get the same crop and flip.
+    """
+    if num_shards <= 1 or seed is None:
+        return seed
+    return int(seed) + 1_000_003 * int(shard_index)
+
+
 def process_sharding(options, batch_size):
     """The loaders' sharding over training processes, and the batch of one shard.
 

@@ -436,3 +436,18 @@ def test_one_process_means_one_shard():
     assert process_sharding({}, 8) == ({"num_shards": 1, "shard_index": 0}, 8)
     assert process_sharding({"num_shards": 4, "shard_index": 3}, 8) == (
         {"num_shards": 4, "shard_index": 3}, 2)
+
+
+@pytest.mark.backend_independent
+def test_each_shard_augments_with_its_own_seed():
+    # Identical images in both shards: with one seed for all, image i of each shard
+    # would get the same crop and flip; each shard's stream is its own.
+    images = np.tile(np.arange(16 * 16 * 3, dtype=np.uint8).reshape(1, 16, 16, 3), (8, 1, 1, 1))
+    first = [next(iter(dataset_from_arrays(images, np.arange(8), training=True, image_size=12,
+                                           batch_size=4, num_shards=2, shard_index=index,
+                                           seed=3)))[0].numpy()
+             for index in range(2)]
+    assert not np.allclose(first[0], first[1])
+    single = next(iter(dataset_from_arrays(images[:4], np.arange(4), training=True,
+                                           image_size=12, batch_size=4, seed=3)))[0].numpy()
+    assert single.shape == first[0].shape

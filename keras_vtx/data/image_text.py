@@ -46,21 +46,12 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from keras_vtx.data import image_transforms
+from keras_vtx.data import image_transforms, sources
 from keras_vtx.data.bad_file_report import BadFileReport
 from keras_vtx.data.image_classification import DEFAULT_SHAPES_IMAGES
 from keras_vtx.data.image_files import check_bad_files, image_decoder
 from keras_vtx.data.image_text_data import ImageTextData
 from keras_vtx.data.shapes import generate_shapes
-from keras_vtx.data.sources import (
-    check_shards,
-    import_tfds,
-    positive_int,
-    process_sharding,
-    shapes_split_sizes,
-    shard_deterministically,
-    shard_seed,
-)
 from keras_vtx.data.text_files import utf8_error, utf8_lines
 
 CAPTION_MODES = ("sample", "first", "flatten")
@@ -421,8 +412,8 @@ def _pair_pipeline(source, decode, *, tokenizer, image_size, batch_size, shuffle
     `drop_uncaptioned` filters out images without captions (streamed sources; the
     in-memory ones are checked up front and keep a known cardinality).
     """
-    image_size = positive_int("image_size", image_size)
-    batch_size = positive_int("batch_size", batch_size)
+    image_size = sources.positive_int("image_size", image_size)
+    batch_size = sources.positive_int("batch_size", batch_size)
     if captions_per_image not in CAPTION_MODES:
         raise ValueError(
             f"`captions_per_image` must be one of {CAPTION_MODES}; received "
@@ -433,15 +424,15 @@ def _pair_pipeline(source, decode, *, tokenizer, image_size, batch_size, shuffle
         raise ValueError(
             f"`crop_scale` must be (low, high) with 0 < low <= high <= 1; received {crop_scale!r}."
         )
-    num_shards = check_shards(num_shards, shard_index)
+    num_shards = sources.check_shards(num_shards, shard_index)
     if drop_remainder is None:
         drop_remainder = bool(shuffle)
 
-    dataset = shard_deterministically(
+    dataset = sources.shard_deterministically(
         source, num_shards, shard_index,
         whole_batches_of=batch_size if drop_remainder and captions_per_image != "flatten"
         else None)
-    seed = shard_seed(seed, num_shards, shard_index)
+    seed = sources.shard_seed(seed, num_shards, shard_index)
     if captions_per_image == "flatten":
         # Before shuffling, so that the captions of one image land in different batches
         # (two in one batch would be each other's false negatives).
@@ -650,7 +641,7 @@ def load_pair_data(
     tokenizer = _check_tokenizer(tokenizer)
     report = BadFileReport()
     # One shard per training process; each batches its part of the global batch.
-    options, shard_batch = process_sharding(options, batch_size)
+    options, shard_batch = sources.process_sharding(options, batch_size)
     common = dict(tokenizer=tokenizer, image_size=image_size, batch_size=shard_batch, seed=seed)
     # Not sharded: every process evaluates the whole split (see process_sharding).
     evaluation = dict(shuffle=False, augment=False, captions_per_image="first")
@@ -684,8 +675,8 @@ def _renamed(old_name, old_value, new_name, new_value, default):
 
 
 def _load_shapes(value, validation_split, common, options, evaluation, report):
-    total, num_validation = shapes_split_sizes(value, validation_split, DEFAULT_SHAPES_IMAGES,
-                                               "spec")
+    total, num_validation = sources.shapes_split_sizes(
+        value, validation_split, DEFAULT_SHAPES_IMAGES, "spec")
     data = generate_shapes(total, image_size=common["image_size"], seed=common["seed"])
     split = total - num_validation
     images, captions = data["images"], data["captions"]
@@ -735,7 +726,7 @@ def _load_files(path, validation_source, validation_split, read, bad_files, comm
 
 
 def _tfds_pairs(name, split, data_dir):
-    tfds = import_tfds()
+    tfds = sources.import_tfds()
     dataset, info = tfds.load(name, split=split, with_info=True, data_dir=data_dir)
     features = info.features
     keys = list(features.keys())
@@ -756,7 +747,7 @@ def _tfds_pairs(name, split, data_dir):
 
 
 def _load_tfds(name, validation_split, data_dir, common, options, evaluation, report):
-    tfds = import_tfds()
+    tfds = sources.import_tfds()
     splits = tfds.builder(name, data_dir=data_dir).info.splits
     val_split = next((s for s in ("validation", "test") if s in splits), None)
     train_split = "train"

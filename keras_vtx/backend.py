@@ -138,7 +138,8 @@ def host_values(x):
     if getattr(device, "type", "cpu") != "cpu" or (
         backend == "jax" and hasattr(x, "devices")
         and any(d.platform != "cpu" for d in x.devices())
-    ) or (backend == "tensorflow" and "GPU" in str(device or "").upper()):
+    ) or (backend == "tensorflow" and any(
+        kind in str(device or "").upper() for kind in (":GPU:", ":TPU:"))):
         return None
     try:
         return keras.ops.convert_to_numpy(x)

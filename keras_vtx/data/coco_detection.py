@@ -63,7 +63,7 @@ import tensorflow as tf
 from keras_vtx.data import detection_transforms as T
 from keras_vtx.data.bad_file_report import BadFileReport
 from keras_vtx.data.image_files import check_bad_files, image_decoder
-from keras_vtx.data.loaded_data import LoadedData
+from keras_vtx.data.loaded_data import LoadedData, full_batches
 from keras_vtx.data.shapes import export_shapes_coco
 from keras_vtx.data.sources import (
     check_shards,
@@ -124,9 +124,7 @@ class DetectionInfo:
     @property
     def steps_per_epoch(self):
         """Full training batches per epoch (the training dataset drops the remainder)."""
-        if self.num_train is None or not self.batch_size:
-            return None
-        return self.num_train // self.batch_size
+        return full_batches(self.num_train, self.batch_size)
 
     def __repr__(self):
         return (f"DetectionInfo(num_classes={self.num_classes}, label_mode={self.label_mode!r}, "

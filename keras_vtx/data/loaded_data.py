@@ -1,6 +1,13 @@
 """What every `load_*_data` function returns: two datasets and what describes them."""
 
 
+def full_batches(num_train, batch_size):
+    """Full training batches per epoch (training drops the remainder); None when unknown."""
+    if num_train is None or not batch_size:
+        return None
+    return num_train // batch_size
+
+
 class LoadedData:
     """Training and validation datasets of one source, with the same attributes for every loader.
 
@@ -44,9 +51,7 @@ class LoadedData:
     @property
     def steps_per_epoch(self):
         """Full training batches per epoch (the training dataset drops the remainder)."""
-        if self.num_train is None or not self.batch_size:
-            return None
-        return self.num_train // self.batch_size
+        return full_batches(self.num_train, self.batch_size)
 
     def __iter__(self):
         return iter(tuple(getattr(self, name) for name in self.unpacks_as))

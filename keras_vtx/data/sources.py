@@ -82,14 +82,12 @@ def process_sharding(options, batch_size):
     """
     from keras_vtx import distribute
 
-    num_shards = options.get("num_shards")
-    shard_index = options.get("shard_index")
+    num_shards, shard_index = options.get("num_shards"), options.get("shard_index")
     if num_shards is None:
         num_shards = distribute.process_count()
-        if shard_index is None:
-            shard_index = distribute.process_index()
-    num_shards = check_shards(num_shards, 0 if shard_index is None else shard_index)
+        shard_index = distribute.process_index() if shard_index is None else shard_index
     shard_index = 0 if shard_index is None else shard_index
+    num_shards = check_shards(num_shards, shard_index)
     positive_int("batch_size", batch_size)
     if batch_size % num_shards:
         raise ValueError(

@@ -109,12 +109,6 @@ def checked_shape(inputs, name, axes, expected):
     return shape
 
 
-def _same_value(current, value):
-    if isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)):
-        return list(current) == list(value)
-    return type(current) is type(value) and current == value
-
-
 class Backbone(keras.Model):
     """Base class of backbones: functional models built from a config.
 
@@ -174,7 +168,8 @@ class Backbone(keras.Model):
         else:
             model = _backbone_of(load_saved_preset(value), cls, preset)
         config = model.get_config()
-        if all(k in config and _same_value(config[k], v) for k, v in kwargs.items()):
+        if all(k in config and presets.same_config_value(config[k], v)
+               for k, v in kwargs.items()):
             return model
         rebuilt = cls.from_config({**config, **kwargs})
         transfer_weights(model, rebuilt)

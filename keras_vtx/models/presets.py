@@ -247,6 +247,22 @@ def check_preset_files(path, record):
             )
 
 
+def same_config_value(current, value):
+    """Whether an override leaves a config value as it is (as JSON: tuples equal lists).
+
+    Values that cannot be written as JSON (a palette object) count as changed.
+
+    Example:
+    >>> same_config_value((32, 32), [32, 32]), same_config_value(0.0, 0.1)
+    (True, False)
+    """
+    try:
+        return json.dumps(current, sort_keys=True, default=_json_default) == json.dumps(
+            value, sort_keys=True, default=_json_default)
+    except TypeError:
+        return False
+
+
 def _json_default(value):
     if isinstance(value, tuple):
         return list(value)

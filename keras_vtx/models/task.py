@@ -1,6 +1,5 @@
 """Base class of task models (a backbone plus a head), with preset handling."""
 
-import json
 import warnings
 
 import keras
@@ -158,10 +157,11 @@ class TaskPresets:
                 f"`backbone_kwargs` must be keyed by {sorted(backbones)}; received {unknown}."
             )
         config = self.get_config()
-        task_changes = {k: v for k, v in task_kwargs.items() if not _same(config.get(k), v)}
+        same = presets.same_config_value
+        task_changes = {k: v for k, v in task_kwargs.items() if not same(config.get(k), v)}
         backbone_changes = {
             key: {k: v for k, v in backbone_kwargs.get(key, {}).items()
-                  if not _same(getattr(self, key).get_config().get(k), v)}
+                  if not same(getattr(self, key).get_config().get(k), v)}
             for key in backbones
         }
         if not task_changes and not any(backbone_changes.values()):
@@ -246,23 +246,6 @@ def _copy_own_weights(source, target, backbones):
         elif not key.endswith("seed_generator_state"):
             fresh.append(key)
     return fresh
-
-
-def _same(current, value):
-    """Whether an override leaves a config value as it is (tuples equal lists)."""
-    try:
-        return json.dumps(current, sort_keys=True, default=_plain) == json.dumps(
-            value, sort_keys=True, default=_plain)
-    except TypeError:
-        return False
-
-
-def _plain(value):
-    if isinstance(value, tuple):
-        return list(value)
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(type(value).__name__)
 
 
 def _forget_class_names(config, task_kwargs):

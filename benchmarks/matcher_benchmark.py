@@ -3,33 +3,52 @@
 One command gives the table for every backend: the script runs itself once per backend in a
 subprocess (KERAS_BACKEND must be set before Keras is imported) and collects the results.
 
-    python benchmarks/matcher_benchmark.py                      # batch 8 and 64, 100 queries
+    python benchmarks/matcher_benchmark.py                      # batch 64; 100/300/900 queries
     python benchmarks/matcher_benchmark.py --quick              # CI smoke run, seconds
     python benchmarks/matcher_benchmark.py --backends jax,torch --json matcher.json
+    python benchmarks/matcher_benchmark.py --sizes 100x100 --batches 8,64 --previous none
 
 The costs are built like DETR's matcher (facebookresearch/detr models/matcher.py): minus the
 softmax probability of the target class, plus 5 x L1 box distance, plus 2 x (minus GIoU),
-for 100 queries against 0 to 100 targets per image padded to 100 with a mask. "ours" is
-`keras_vtx.ops.linear_sum_assignment` on the whole batch, compiled with `jax.jit`,
-`tf.function(jit_compile=True)`, torch eager (and `torch.compile` with --torch-compile); "scipy" is
-`scipy.optimize.linear_sum_assignment` image by image on NumPy arrays already on the host.
-The first (compiling) call is excluded and reported separately; times are medians.
+for Q queries against 0 to T targets per image padded to T with a mask (`--sizes QxT`). The
+`detr step` rows are one training step's matchings: `--step-images` images (4, DETR's batch
+per GPU) times 6 decoder layers (the auxiliary losses) solved as one batch, as
+`HungarianLoss` does, with COCO-like target counts (geometric, mean 7.3, at most 60)
+padded to the batch's largest. "ours" is `keras_vtx.ops.linear_sum_assignment` on the whole
+batch, compiled with `jax.jit`, `tf.function(jit_compile=True)`, torch eager (and
+`torch.compile` with --torch-compile); "scipy" is `scipy.optimize.linear_sum_assignment`
+image by image on NumPy arrays already on the host. The first (compiling) call is excluded
+and reported separately; times are medians.
+
+`iterations` counts the sequential steps of the compiled program: the iterations of every
+`keras.ops.while_loop` the solve runs (counted by running the loops in Python on the first
+backend's worker; a GPU or TPU pays a launch and a synchronisation for each). With
+`--previous REV` (default: the last commit of the shortest-augmenting-path solver) the
+solver of that git revision is counted and timed beside today's, compiled the same way.
 """
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 BACKENDS = ("tensorflow", "jax", "torch")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The last revision whose solver ran one Dijkstra search per row, one column per step.
+PREVIOUS_SOLVER = "0924429"
+SOLVER_PATH = "keras_vtx/ops/linear_sum_assignment.py"
+STEP_LAYERS = 6
 
 
-def detr_like_costs(batch, num_queries, max_targets, num_classes=91, seed=0):
+def detr_like_costs(batch, num_queries, max_targets, num_classes=91, seed=0, num_targets=None):
     """Returns (cost (B, Q, T) float32, mask (B, T) bool) shaped like DETR's matching costs."""
     rng = np.random.default_rng(seed)
     logits = rng.normal(size=(batch, num_queries, num_classes + 1))
@@ -41,9 +60,20 @@ def detr_like_costs(batch, num_queries, max_targets, num_classes=91, seed=0):
     cost_class = -np.take_along_axis(prob, labels[:, None, :].repeat(num_queries, 1), 2)
     cost_bbox = np.abs(pred[:, :, None] - true[:, None]).sum(-1)
     cost = cost_class + 5.0 * cost_bbox - 2.0 * _pairwise_giou(pred, true)
-    num_targets = rng.integers(0, max_targets + 1, size=batch)
-    mask = np.arange(max_targets)[None, :] < num_targets[:, None]
+    if num_targets is None:
+        num_targets = rng.integers(0, max_targets + 1, size=batch)
+    mask = np.arange(max_targets)[None, :] < np.asarray(num_targets)[:, None]
     return cost.astype("float32"), mask
+
+
+def detr_step_costs(images, num_queries=100, layers=STEP_LAYERS, seed=0):
+    """One training step's matchings: `images` x `layers` costs, COCO-like target counts."""
+    rng = np.random.default_rng(seed + 1)
+    counts = np.minimum(rng.geometric(1 / 7.3, size=images), 60)
+    # Every decoder layer matches the same targets with its own predictions.
+    cost, mask = detr_like_costs(images * layers, num_queries, int(counts.max()), seed=seed,
+                                 num_targets=np.tile(counts, layers))
+    return cost, mask
 
 
 def _pairwise_giou(a, b):
@@ -80,68 +110,143 @@ def _median_time(repeats, fn, *args):
     return statistics.median(times)
 
 
-def _compiled_variants(backend, torch_compile=False):
+def previous_solver(revision):
+    """The `linear_sum_assignment` of a git revision of this repository, or None."""
+    if revision in (None, "", "none"):
+        return None
+    try:
+        source = subprocess.run(["git", "show", f"{revision}:{SOLVER_PATH}"], cwd=ROOT,
+                                capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location(f"previous_lsa_{revision}", f.name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    os.unlink(f.name)
+    return module.linear_sum_assignment
+
+
+@contextlib.contextmanager
+def counted_loops(counter):
+    """Runs every `keras.ops.while_loop` as a Python loop, adding its iterations to counter."""
     import keras
 
-    from keras_vtx.ops.linear_sum_assignment import linear_sum_assignment
+    compiled = keras.ops.while_loop
 
-    def run(fn):
-        return lambda cost, mask: [keras.ops.convert_to_numpy(x) for x in fn(cost, mask)]
+    def loop(cond, body, loop_vars, maximum_iterations=None):
+        state = tuple(loop_vars)
+        while bool(keras.ops.convert_to_numpy(cond(*state))):
+            state = tuple(body(*state))
+            counter[0] += 1
+        return state
+
+    keras.ops.while_loop = loop
+    try:
+        yield
+    finally:
+        keras.ops.while_loop = compiled
+
+
+def count_iterations(solver, cost, mask):
+    """The sequential steps (while-loop iterations) of one batched solve."""
+    counter = [0]
+    with counted_loops(counter):
+        solver(cost, mask)
+    return counter[0]
+
+
+def _compile(backend, fn, torch_compile=False):
+    import keras
+
+    def run(f):
+        return lambda cost, mask: [keras.ops.convert_to_numpy(x) for x in f(cost, mask)]
 
     if backend == "jax":
         import jax
 
-        return {"jax.jit": run(jax.jit(linear_sum_assignment))}
+        return {"jax.jit": run(jax.jit(fn))}
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return {"xla": run(tf.function(linear_sum_assignment, jit_compile=True))}
+        return {"xla": run(tf.function(fn, jit_compile=True))}
     import torch
 
-    variants = {"eager": run(linear_sum_assignment)}
+    variants = {"eager": run(fn)}
     if torch_compile:
-        variants["torch.compile"] = run(torch.compile(linear_sum_assignment))
+        variants["torch.compile"] = run(torch.compile(fn))
     return variants
+
+
+def _cases(args):
+    for size in args.sizes:
+        queries, targets = size
+        for batch in args.batches:
+            yield f"{queries}x{targets}", batch, detr_like_costs(batch, queries, targets)
+    if args.step_images:
+        cost, mask = detr_step_costs(args.step_images, num_queries=args.step_queries)
+        yield f"detr step {args.step_images}x{STEP_LAYERS}", cost.shape[0], (cost, mask)
+
+
+def _exact(cost, mask, rows, cols):
+    ref = scipy_loop(cost, mask)
+    return bool(all(
+        np.isclose(cost[b][rows[b][rows[b] >= 0], cols[b][cols[b] >= 0]].sum(),
+                   cost[b][r, c].sum(), rtol=1e-6, atol=1e-6)
+        for b, (r, c) in enumerate(ref)))
 
 
 def worker(args):
     """Runs in the subprocess of one backend; prints one JSON line per measurement."""
     import keras
 
+    from keras_vtx.ops.linear_sum_assignment import linear_sum_assignment
+
     backend = keras.backend.backend()
-    for batch in args.batches:
-        cost, mask = detr_like_costs(batch, args.queries, args.targets)
+    previous = previous_solver(args.previous)
+    for case, batch, (cost, mask) in _cases(args):
         scipy_time = _median_time(args.repeats, scipy_loop, cost, mask)
-        for name, fn in _compiled_variants(backend, args.torch_compile).items():
-            record = dict(backend=backend, variant=name, batch=batch, queries=args.queries,
-                          max_targets=args.targets, scipy_s=scipy_time)
+        counts = {}
+        if args.count_iterations:
+            counts["iterations"] = count_iterations(linear_sum_assignment, cost, mask)
+            if previous is not None:
+                counts["previous_iterations"] = count_iterations(previous, cost, mask)
+        tensors = (keras.ops.convert_to_tensor(cost), keras.ops.convert_to_tensor(mask))
+        for name, fn in _compile(backend, linear_sum_assignment, args.torch_compile).items():
+            record = dict(backend=backend, variant=name, case=case, batch=batch,
+                          queries=cost.shape[1], max_targets=cost.shape[2],
+                          scipy_s=scipy_time, **counts)
             try:
-                tensors = (keras.ops.convert_to_tensor(cost), keras.ops.convert_to_tensor(mask))
                 start = time.perf_counter()
                 rows, cols = fn(*tensors)  # warm-up: compiles, excluded from the median
                 record["first_call_s"] = time.perf_counter() - start
                 ours = _median_time(args.repeats, fn, *tensors)
                 record.update(ours_s=ours, ratio=scipy_time / ours)
                 # The benchmark is only meaningful if the matchings are optimal.
-                ref = scipy_loop(cost, mask)
-                record["exact"] = bool(all(
-                    np.isclose(cost[b][rows[b][rows[b] >= 0], cols[b][cols[b] >= 0]].sum(),
-                               cost[b][r, c].sum(), rtol=1e-6, atol=1e-6)
-                    for b, (r, c) in enumerate(ref)))
+                record["exact"] = _exact(cost, mask, rows, cols)
+                # The previous solver, compiled the same way (not eager: seconds per call).
+                if previous is not None and name != "eager":
+                    old = _compile(backend, previous)[name]
+                    old(*tensors)
+                    record["previous_s"] = _median_time(args.repeats, old, *tensors)
             except Exception as error:  # noqa: BLE001 (torch.compile may not support it)
                 record["error"] = f"{type(error).__name__}: {str(error)[:200]}"
             print("RESULT " + json.dumps(record), flush=True)
 
 
-def _run_backend(backend, args):
+def _run_backend(backend, args, count_iterations):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
     command = [sys.executable, os.path.abspath(__file__), "--worker",
-               "--batches", ",".join(map(str, args.batches)), "--queries", str(args.queries),
-               "--targets", str(args.targets), "--repeats", str(args.repeats)]
+               "--batches", ",".join(map(str, args.batches)),
+               "--sizes", ",".join(f"{q}x{t}" for q, t in args.sizes),
+               "--step-images", str(args.step_images), "--step-queries", str(args.step_queries),
+               "--repeats", str(args.repeats), "--previous", args.previous or "none"]
     if args.torch_compile:
         command.append("--torch-compile")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    if count_iterations:
+        command.append("--count-iterations")
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     records = [json.loads(line[7:]) for line in proc.stdout.splitlines()
                if line.startswith("RESULT ")]
@@ -151,18 +256,36 @@ def _run_backend(backend, args):
 
 
 def _print_table(records):
-    header = (f"{'backend':<11}{'variant':<15}{'batch':>6}{'first call':>12}{'ours':>11}"
-              f"{'scipy loop':>12}{'scipy/ours':>12}  exact")
+    header = (f"{'backend':<11}{'variant':<9}{'case':<17}{'batch':>6}{'first call':>11}"
+              f"{'ours':>10}{'scipy loop':>11}{'scipy/ours':>11}{'previous':>10}"
+              f"{'iterations':>11}{'previous':>9}  exact")
     print(header)
     print("-" * len(header))
     for r in records:
         if "error" in r:
-            print(f"{r['backend']:<11}{r['variant']:<15}{r.get('batch', ''):>6}  "
+            print(f"{r['backend']:<11}{r['variant']:<9}{r.get('case', ''):<17}"
+                  f"{r.get('batch', ''):>6}  "
                   f"error: {r['error'].splitlines()[-1] if r['error'] else ''}")
             continue
-        print(f"{r['backend']:<11}{r['variant']:<15}{r['batch']:>6}"
-              f"{r['first_call_s']:>11.2f}s{r['ours_s'] * 1e3:>9.1f}ms"
-              f"{r['scipy_s'] * 1e3:>10.1f}ms{r['ratio']:>12.2f}  {r['exact']}")
+        previous = f"{r['previous_s'] * 1e3:.1f}ms" if "previous_s" in r else "-"
+        print(f"{r['backend']:<11}{r['variant']:<9}{r['case']:<17}{r['batch']:>6}"
+              f"{r['first_call_s']:>10.2f}s{r['ours_s'] * 1e3:>8.1f}ms"
+              f"{r['scipy_s'] * 1e3:>9.1f}ms{r['ratio']:>11.2f}{previous:>10}"
+              f"{r.get('iterations', '-'):>11}{r.get('previous_iterations', '-'):>9}"
+              f"  {r['exact']}")
+
+
+def _sizes(text):
+    sizes = []
+    for item in text.split(","):
+        try:
+            queries, targets = (int(x) for x in item.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--sizes: expected QUERIESxTARGETS items such as 100x100; received {item!r}"
+            ) from None
+        sizes.append((queries, targets))
+    return sizes
 
 
 def main(argv=None):
@@ -171,24 +294,32 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a CI smoke run")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes")
-    parser.add_argument("--queries", type=int, default=None)
-    parser.add_argument("--targets", type=int, default=None, help="maximum targets per image")
+    parser.add_argument("--sizes", type=_sizes, default=None,
+                        help="comma-separated QUERIESxTARGETS (default 100x100,300x100,900x100)")
+    parser.add_argument("--step-images", type=int, default=None,
+                        help="images of the DETR-step case (0 leaves it out; default 4)")
+    parser.add_argument("--step-queries", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--previous", default=PREVIOUS_SOLVER,
+                        help="git revision whose solver runs beside today's ('none': skip)")
     parser.add_argument("--torch-compile", action="store_true",
                         help="also time torch.compile (slow to compile: it unrolls the loops)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--count-iterations", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.batches = [int(b) for b in (args.batches or ("2" if args.quick else "8,64")).split(",")]
-    args.queries = args.queries or (10 if args.quick else 100)
-    args.targets = args.targets or (6 if args.quick else 100)
+    args.batches = [int(b) for b in (args.batches or ("2" if args.quick else "64")).split(",")]
+    args.sizes = args.sizes or ([(10, 6)] if args.quick else [(100, 100), (300, 100), (900, 100)])
+    if args.step_images is None:
+        args.step_images = 2 if args.quick else 4
+    args.step_queries = args.step_queries or (10 if args.quick else 100)
     args.repeats = args.repeats or (2 if args.quick else 5)
     if args.worker:
         return worker(args)
     records = []
-    for backend in args.backends.split(","):
+    for index, backend in enumerate(args.backends.split(",")):
         if backend not in BACKENDS:
             parser.error(f"--backends: expected names from {BACKENDS}; received {backend!r}")
-        records += _run_backend(backend, args)
+        records += _run_backend(backend, args, count_iterations=index == 0)
     _print_table(records)
     if args.json:
         with open(args.json, "w") as f:

@@ -29,8 +29,12 @@ def test_matcher_benchmark_quick_run_on_this_backend(tmp_path, capsys):
     for record in records:
         assert record["backend"] == backend
         assert record["exact"] is True, record
-        for key in ("first_call_s", "ours_s", "scipy_s", "ratio"):
+        for key in ("first_call_s", "ours_s", "scipy_s", "ratio", "iterations"):
             assert record[key] > 0, (key, record)
+        # The previous solver (from git history, when there is one) runs beside it.
+        if "previous_iterations" in record:
+            assert record["previous_iterations"] > 0, record
+    assert {r["case"] for r in records} == {"10x6", "detr step 2x6"}
     assert "scipy/ours" in capsys.readouterr().out
 
 

@@ -177,7 +177,9 @@ def _auction(cost, row_active, col_avail, max_rounds, bidders_per_round):
     not finish (equal offers can trade a column back and forth); it stops after
     `max_rounds` and the shortest augmenting paths complete the matching exactly.
     """
-    batch, num_rows, num_cols = cost.shape
+    _, num_rows, num_cols = cost.shape
+    # The batch size may be unknown while TensorFlow traces (a tensor then).
+    batch = cost.shape[0] if cost.shape[0] is not None else ops.shape(cost)[0]
     inf = float("inf")
     rows = ops.arange(num_rows, dtype="int32")[None, :]
     cols = ops.arange(num_cols, dtype="int32")[None, None, :]
@@ -222,14 +224,14 @@ def _auction(cost, row_active, col_avail, max_rounds, bidders_per_round):
                                      segment, segments)
         bidders = ops.segment_max(ops.reshape(ops.cast(bids, "int32"), (-1,)), segment,
                                   segments)
-        own_best = ops.reshape(ops.take(best_offer, segment, axis=0), bids.shape)
+        own_best = ops.reshape(ops.take(best_offer, segment, axis=0), (-1, bids.shape[1]))
         top = ops.logical_and(bids, ops.equal(gap, own_best))
         # The lowest row among the best offers wins: the largest of -row.
         winner = -ops.segment_max(ops.reshape(ops.where(top, -bidder, -num_rows), (-1,)),
                                   segment, segments)
-        bid_for = ops.reshape(bidders[:-1], (batch, num_cols)) > 0
-        winner = ops.reshape(winner[:-1], (batch, num_cols))
-        best_offer = ops.reshape(best_offer[:-1], (batch, num_cols))
+        bid_for = ops.reshape(bidders[:-1], (-1, num_cols)) > 0
+        winner = ops.reshape(winner[:-1], (-1, num_cols))
+        best_offer = ops.reshape(best_offer[:-1], (-1, num_cols))
         # Rows that win their column; rows whose column went to another are displaced.
         won = ops.logical_and(top, ops.equal(ops.take_along_axis(winner, first, axis=1),
                                              bidder))
@@ -241,7 +243,7 @@ def _auction(cost, row_active, col_avail, max_rounds, bidders_per_round):
         gained = ops.scatter(ops.reshape(target, (-1, 1)),
                              ops.reshape(ops.where(won, first + 1, 0), (-1,)),
                              (batch * num_rows + 1,))
-        gained = ops.reshape(gained[:-1], (batch, num_rows)) - 1
+        gained = ops.reshape(gained[:-1], (-1, num_rows)) - 1
         col4row = ops.where(gained >= 0, gained, ops.where(lost, -1, col4row))
         row4col = ops.where(bid_for, winner, row4col)
         v = v - ops.where(bid_for, best_offer, 0.0)

@@ -231,6 +231,22 @@ def test_sequential_steps_are_few():
     assert 0 < iterations <= 300, iterations
 
 
+@pytest.mark.only_backend("tensorflow")
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_batch_size_unknown_while_tracing(jit_compile):
+    # Keras traces TensorFlow training steps with an unknown batch size (DETR's fit).
+    import tensorflow as tf
+
+    solve_any_batch = tf.function(linear_sum_assignment, jit_compile=jit_compile,
+                                  input_signature=[tf.TensorSpec((None, 6, 5), tf.float32),
+                                                   tf.TensorSpec((None, 5), tf.bool)])
+    rng = np.random.default_rng(14)
+    cost = rng.normal(size=(7, 6, 5)).astype("float32")
+    mask = rng.random((7, 5)) < 0.7
+    row_ind, col_ind = (x.numpy() for x in solve_any_batch(cost, mask))
+    check_against_scipy(cost, mask, row_ind, col_ind, same_assignment=True)
+
+
 @pytest.mark.parametrize("fn", [linear_sum_assignment, scipy_linear_sum_assignment])
 def test_bad_input_names_the_argument(fn):
     with pytest.raises(ValueError, match="`cost`"):

@@ -345,8 +345,10 @@ def test_imports_and_runs_without_tensorflow():
 def test_two_jax_processes_train_like_one():
     # keras_vtx.distribute.initialize() from Keras' KERAS_DISTRIBUTION_* variables, two
     # CPU processes on the loopback, each feeding its shard of every global batch: the
-    # ViT classifier and CLIP (whose loss contrasts the global batch) end two epochs
-    # with the weights and losses of one process on the whole batch.
+    # ViT classifier, CLIP (whose loss contrasts the global batch), SupCon (positives and
+    # negatives from the global batch) and DETR's set loss (normalised by the global
+    # number of boxes) end two epochs with the weights and losses of one process on the
+    # whole batch.
     script = os.path.join(ROOT, "tests", "distribute_scripts", "jax_multiprocess.py")
     result = subprocess.run([sys.executable, script], capture_output=True, text=True,
                             timeout=900, cwd=ROOT)
@@ -359,13 +361,14 @@ def test_two_jax_processes_train_like_one():
     assert all(r["started"] and r["processes"] == 2 and r["replicas"] == 2 for r in workers)
     assert not single["started"] and single["replicas"] == 1
     for worker in workers:
-        for key in ("vit_loss", "clip_loss"):
+        for key in ("vit_loss", "clip_loss", "supcon_loss", "hungarian_loss"):
             np.testing.assert_allclose(worker[key], single[key], rtol=1e-5, err_msg=key)
-        for key in ("vit_weights", "clip_weights"):
+        for key in ("vit_weights", "clip_weights", "supcon_weights", "hungarian_weights"):
             for ours, theirs in zip(worker[key], single[key]):
                 np.testing.assert_allclose(ours, theirs, atol=1e-5, err_msg=key)
     # Contrasting only a process's own half would give another loss.
     assert abs(single["clip_half_batch_loss"][0] - single["clip_loss"][0]) > 0.05
+    assert abs(single["supcon_half_batch_loss"][0] - single["supcon_loss"][0]) > 0.05
     # keras_vtx's loaders shard training data by process: batches of 8 / 2 and the same
     # number of steps in every process (36 // 8 = 4); every process evaluates the whole
     # validation split (9 images, in batches of 4), so all take as many steps.

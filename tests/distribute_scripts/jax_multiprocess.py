@@ -3,8 +3,8 @@
 Run by tests/test_distribute.py. Without arguments it starts two worker processes
 (`keras_vtx.distribute.initialize()` from Keras' KERAS_DISTRIBUTION_* variables, a
 coordinator on a free loopback port) and one single-process run, each training a tiny
-ViT classifier and a tiny CLIP for two epochs on the same tf.data dataset of the global
-batch; it prints one line, "REPORT " + JSON of every process's results. Every process
+ViT classifier, a tiny CLIP, an encoder with the SupCon loss and a detector head with
+DETR's set loss for two epochs on the same tf.data dataset of the global batch; it prints one line, "REPORT " + JSON of every process's results. Every process
 is bounded by a timeout and killed if it overruns.
 """
 
@@ -17,6 +17,29 @@ import sys
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 TIMEOUT = 300
 GLOBAL_BATCH = 8
+
+
+def set_head_class():
+    import keras
+
+    class SetHead(keras.Model):
+        """Five queries' class logits and boxes from a feature vector, with a set loss."""
+
+        def __init__(self, set_loss):
+            super().__init__()
+            self.set_loss = set_loss
+            self.classes = keras.layers.Dense(20)
+            self.boxes = keras.layers.Dense(20, activation="sigmoid")
+
+        def call(self, x):
+            return {"logits": keras.ops.reshape(self.classes(x), (-1, 5, 4)),
+                    "boxes": keras.ops.reshape(self.boxes(x), (-1, 5, 4))}
+
+        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
+                         training=True):
+            return self.set_loss(y, y_pred)
+
+    return SetHead
 
 
 def train(kind):
@@ -64,7 +87,42 @@ def train(kind):
         results["clip_loss"] = history.history["loss"]
         results["clip_weights"] = [np.asarray(w).ravel()[:4].tolist()
                                    for w in clip.get_weights()]
+        # Losses over the whole global batch: SupCon's positives and negatives, DETR's
+        # set loss normalised by the global batch's number of boxes.
+        from keras_vtx.losses import HungarianLoss, SupConLoss
+
+        SetHead = set_head_class()
+
+        features = rng.normal(size=(16, 6)).astype("float32")
+        keras.utils.set_random_seed(0)
+        encoder = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8)])
+        encoder.compile(optimizer=keras.optimizers.SGD(0.1), loss=SupConLoss(temperature=0.5))
+        supcon = tf.data.Dataset.from_tensor_slices((features, labels))
+        history = encoder.fit(supcon.shard(shards, index).batch(local), epochs=2, verbose=0)
+        results["supcon_loss"] = history.history["loss"]
+        results["supcon_weights"] = [np.asarray(w).ravel()[:4].tolist()
+                                     for w in encoder.get_weights()]
+        # 1 to 3 boxes per image (label -1 pads), so images weigh differently.
+        box_labels = np.where(np.arange(3)[None, :] <= np.arange(16)[:, None] % 3,
+                              rng.integers(0, 3, (16, 3)), -1).astype("int32")
+        boxes = rng.uniform(0.2, 0.6, (16, 3, 4)).astype("float32")
+        keras.utils.set_random_seed(0)
+        detector = SetHead(HungarianLoss(num_classes=3))
+        detector.compile(optimizer=keras.optimizers.SGD(0.1))
+        sets = tf.data.Dataset.from_tensor_slices(
+            (features, {"boxes": boxes, "labels": box_labels}))
+        history = detector.fit(sets.shard(shards, index).batch(local), epochs=2, verbose=0)
+        results["hungarian_loss"] = history.history["loss"]
+        results["hungarian_weights"] = [np.asarray(w).ravel()[:4].tolist()
+                                        for w in detector.get_weights()]
         if kind == "single":
+            # SupCon over half batches sees other positives and negatives.
+            keras.utils.set_random_seed(0)
+            half_encoder = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8)])
+            half_encoder.compile(optimizer=keras.optimizers.SGD(0.1),
+                                 loss=SupConLoss(temperature=0.5))
+            history = half_encoder.fit(supcon.batch(GLOBAL_BATCH // 2), epochs=2, verbose=0)
+            results["supcon_half_batch_loss"] = history.history["loss"]
             # What a process contrasting only its own half of each batch would see: the
             # same CLIP trained on batches of GLOBAL_BATCH / 2 (so the comparison can fail).
             keras.utils.set_random_seed(0)

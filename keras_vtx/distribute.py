@@ -142,9 +142,10 @@ def initialize(job_addresses=None, num_processes=None, process_id=None):
       `KERAS_DISTRIBUTION_NUM_PROCESSES` (or pass `num_processes`) only. On
       machines without accelerators the processes exchange tensors through
       gloo (JAX's CPU collectives), over the loopback for tests.
-    - **TensorFlow** and **PyTorch**: not implemented yet; a request for
-      several processes raises a `ValueError` saying so (see
-      `docs/distribute.md`).
+    - **TensorFlow** and **PyTorch**: a request for several processes raises a
+      `ValueError` saying why: Keras 3's TensorFlow trainer does not run `fit()`
+      under `MultiWorkerMirroredStrategy` (keras-team/keras#20585), and its torch
+      backend has no multi-process `fit()` (see `docs/distribute.md`).
 
     Args:
         job_addresses: str, the coordinator's address (`"10.0.0.1:1234"`), or
@@ -176,9 +177,12 @@ def initialize(job_addresses=None, num_processes=None, process_id=None):
         )
     backend = keras.backend.backend()
     if backend != "jax":
+        why = ("Keras 3's TensorFlow trainer does not run fit() under "
+               "MultiWorkerMirroredStrategy (keras-team/keras#20585)" if backend == "tensorflow"
+               else "Keras 3's torch backend has no multi-process fit()")
         raise ValueError(
             f"Several processes (num_processes={num_processes}) are implemented for the JAX "
-            f"backend; the {backend} backend trains in one process here. Run with "
+            f"backend; the {backend} backend trains in one process here: {why}. Run with "
             "KERAS_BACKEND=jax, or see docs/distribute.md."
         )
     import jax

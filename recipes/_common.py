@@ -1,7 +1,10 @@
 """Pieces shared by the training recipes (imported as `recipes._common`)."""
 
+import atexit
 import contextlib
 import os
+import shutil
+import tempfile
 import time
 
 import keras
@@ -42,6 +45,30 @@ class Throughput(keras.callbacks.Callback):
         self.seconds = time.perf_counter() - self._start
 
 
+def start_processes():
+    """Starts the multi-process runtime when Keras' `KERAS_DISTRIBUTION_*` variables ask.
+
+    Call it first (before anything runs on JAX). Returns how many processes train
+    together (1 when nothing is set: the run is unchanged). See docs/distribute.md.
+    """
+    from keras_vtx.distribute import initialize, process_count
+
+    initialize()
+    return process_count()
+
+
+def single_process_only(recipe):
+    """Raises a clear error when the environment asks a recipe not ready for it for
+    several processes (before starting anything: the other processes get it too)."""
+    requested = os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "").strip()
+    if requested.isdigit() and int(requested) > 1:
+        raise ValueError(
+            f"{recipe} trains in one process; KERAS_DISTRIBUTION_NUM_PROCESSES={requested} "
+            "asks for several. recipes/vit_classification.py trains with several processes "
+            "(docs/distribute.md); run this one with one process per machine."
+        )
+
+
 def chosen_distribution(enabled):
     """The `keras_vtx.distribute` choice for this machine, or None when not asked for."""
     if not enabled:
@@ -76,11 +103,26 @@ def training_callbacks(output, monitor, mode, extra=None):
     Resumption after an interruption (`backup/`), TensorBoard logs (`logs/`), the best
     weights by `monitor` (`checkpoints/best.weights.h5`) and a `Throughput` counter,
     then the caller's `extra` callbacks.
+
+    With several processes every process runs the same callbacks (JAX checks that
+    replicated values agree across processes, so a callback one process alone runs can
+    stop the run): each backs up to its own `backup/process_N/` (double-buffered, so a
+    backup cut short by a dying process leaves the previous one), and only process 0
+    writes the logs and checkpoints under `output`; the others write theirs to a
+    temporary folder, removed at exit.
     """
+    from keras_vtx.distribute import is_chief, process_count, process_index
+
+    backup = os.path.join(output, "backup")
+    if process_count() > 1:
+        backup = os.path.join(backup, f"process_{process_index()}")
+        if not is_chief():
+            output = tempfile.mkdtemp(prefix="keras_vtx_worker_")
+            atexit.register(shutil.rmtree, output, ignore_errors=True)
     os.makedirs(output, exist_ok=True)
     throughput = Throughput()
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(output, "backup")),
+        keras.callbacks.BackupAndRestore(backup, double_checkpoint=process_count() > 1),
         keras.callbacks.TensorBoard(os.path.join(output, "logs"), write_graph=False),
         keras.callbacks.ModelCheckpoint(
             os.path.join(output, "checkpoints", "best.weights.h5"),

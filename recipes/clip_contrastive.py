@@ -45,7 +45,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from recipes._common import replicas_and_scope, training_callbacks  # noqa: E402
+from recipes._common import (  # noqa: E402
+    replicas_and_scope,
+    single_process_only,
+    training_callbacks,
+)
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # Shapes captions are at most 10 tokens with the start and end tokens: a short
@@ -197,6 +201,7 @@ def main(argv=None, callbacks=None):
     """
     args = parse_args(argv)
     start = time.perf_counter()
+    single_process_only("recipes/clip_contrastive.py")
     keras.utils.set_random_seed(args.seed)
     keras.config.set_dtype_policy(args.precision)
 

@@ -47,7 +47,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from recipes._common import replicas_and_scope, training_callbacks  # noqa: E402
+from recipes._common import (  # noqa: E402
+    replicas_and_scope,
+    single_process_only,
+    training_callbacks,
+)
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # The shapes presets' schedule: 6,000 steps of 16, the learning rate divided by ten after
@@ -175,6 +179,7 @@ def main(argv=None, callbacks=None):
         The report written to `OUTPUT/report.json`, as a dict.
     """
     args = parse_args(argv)
+    single_process_only("recipes/detr_detection.py")
     start = time.perf_counter()
     keras.utils.set_random_seed(args.seed)
     keras.config.set_dtype_policy(args.precision)

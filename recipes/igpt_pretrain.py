@@ -66,6 +66,7 @@ import numpy as np  # noqa: E402
 from recipes._common import (  # noqa: E402
     first_examples,
     replicas_and_scope,
+    single_process_only,
     training_callbacks,
 )
 
@@ -379,6 +380,7 @@ def main(argv=None, callbacks=None):
         The report written to `OUTPUT/report.json`, as a dict.
     """
     args = parse_args(argv)
+    single_process_only("recipes/igpt_pretrain.py")
     if args.objective == "both":
         return compare_objectives(args, callbacks)
     return train_and_probe(args, callbacks)

@@ -44,6 +44,7 @@ import keras  # noqa: E402
 from recipes._common import (  # noqa: E402
     first_examples,
     replicas_and_scope,
+    start_processes,
     training_callbacks,
 )
 
@@ -78,7 +79,8 @@ def parse_args(argv=None):
                         help="fraction held out when the data has no validation split")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=64, help="the global batch size")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="the global batch size (all processes together)")
     parser.add_argument("--learning-rate", type=float, default=1e-3,
                         help="peak learning rate, after the linear warm-up")
     parser.add_argument("--weight-decay", type=float, default=0.05)
@@ -166,14 +168,18 @@ def main(argv=None, callbacks=None):
     """
     args = parse_args(argv)
     start = time.perf_counter()
+    # Several processes (one per host, KERAS_DISTRIBUTION_*): started before anything runs.
+    num_processes = start_processes()
     keras.utils.set_random_seed(args.seed)
     keras.config.set_dtype_policy(args.precision)
 
     from keras_vtx.data import load_classification_data
+    from keras_vtx.distribute import is_chief
     from keras_vtx.models import ViTClassifier
     from keras_vtx.models.vit.vit_adafactor import optimizer_state_bytes
 
-    num_replicas, scope = replicas_and_scope(args.distribute, args.batch_size)
+    num_replicas, scope = replicas_and_scope(args.distribute or num_processes > 1,
+                                             args.batch_size)
     data = load_classification_data(
         args.data, image_size=args.image_size, batch_size=args.batch_size, seed=args.seed,
         validation_split=args.validation_split,
@@ -220,8 +226,11 @@ def main(argv=None, callbacks=None):
             verbose=args.verbose,
         )
         results = model.evaluate(validation, return_dict=True, verbose=0)
-    model.save_to_preset(os.path.join(output, "preset"), overwrite=True)
-    distances = attention_distances(os.path.join(output, "preset"), validation, output)
+    # One process writes the preset and the report (and measures from the preset).
+    distances = {}
+    if is_chief():
+        model.save_to_preset(os.path.join(output, "preset"), overwrite=True)
+        distances = attention_distances(os.path.join(output, "preset"), validation, output)
 
     top_k = min(5, len(data.class_names))
     report = {
@@ -230,6 +239,7 @@ def main(argv=None, callbacks=None):
         "backend": keras.backend.backend(),
         "precision": args.precision,
         "num_replicas": num_replicas,
+        "num_processes": num_processes,
         "num_classes": len(data.class_names),
         "optimizer": args.optimizer,
         "optimizer_state_bytes": optimizer_state_bytes(model.optimizer),
@@ -252,8 +262,9 @@ def main(argv=None, callbacks=None):
         "bad_file_examples": list(data.bad_files.examples),
         **distances,
     }
-    with open(os.path.join(output, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    if is_chief():
+        with open(os.path.join(output, "report.json"), "w") as f:
+            json.dump(report, f, indent=2)
     print(f"final validation accuracy: {report['accuracy']:.3f}")
     return report
 

@@ -378,3 +378,102 @@ def test_two_jax_processes_train_like_one():
     assert all(lo["validation_batch_sizes"] == [4, 4, 1] for lo in loaders)
     assert loaders[0]["validation_labels"] == loaders[1]["validation_labels"] == (
         single["loader"]["validation_labels"])
+
+
+# Runs once, from the PyTorch session (the subprocesses set their own backend).
+@pytest.mark.only_backend("torch")
+@pytest.mark.slow
+def test_a_killed_jax_process_restarted_resumes_the_run():
+    # Two JAX processes with BackupAndRestore (one folder each); process 1 dies in the
+    # middle of the second epoch, the launcher stops process 0 (stuck in a collective)
+    # and starts both again with the same command: they resume at the second epoch and
+    # end with the weights and losses of an uninterrupted single-process run.
+    script = os.path.join(ROOT, "tests", "distribute_scripts", "jax_resume.py")
+    result = subprocess.run([sys.executable, script], capture_output=True, text=True,
+                            timeout=900, cwd=ROOT)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
+    assert result.returncode == 0 and lines, result.stderr[-4000:]
+    report = json.loads(lines[-1][len("REPORT "):])
+    assert report["killed_exit_code"] == 17 and report["survivor_still_running"]
+    assert report["backups"] == ["process_0", "process_1"]
+    (single,) = report["single"]
+    assert single["epochs_run"] == [0, 1, 2]
+    assert sorted(r["process"] for r in report["resumed"]) == [0, 1]
+    for worker in report["resumed"]:
+        # Neither an epoch lost nor one repeated: the backup's epoch, then the rest.
+        assert worker["epochs_run"] == [1, 2], worker["epochs_run"]
+        np.testing.assert_allclose(worker["loss"], single["loss"][1:], rtol=1e-5)
+        for ours, theirs in zip(worker["weights"], single["weights"]):
+            np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+# Runs once, from the PyTorch session (the subprocesses set their own backend).
+@pytest.mark.only_backend("torch")
+@pytest.mark.slow
+def test_vit_recipe_runs_as_two_jax_processes_and_one_writes():
+    # The same command on each "host": both processes train together (2 replicas) and
+    # report the same accuracy; one set of outputs (process 0's), the backups removed
+    # after the run, nothing from process 1 in the output folder.
+    script = os.path.join(ROOT, "tests", "distribute_scripts", "jax_recipe.py")
+    result = subprocess.run([sys.executable, script], capture_output=True, text=True,
+                            timeout=900, cwd=ROOT)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
+    assert result.returncode == 0 and lines, result.stderr[-4000:]
+    report = json.loads(lines[-1][len("REPORT "):])
+    processes = report["processes"]
+    assert [p["code"] for p in processes] == [0, 0], [p["stderr"] for p in processes]
+    assert processes[0]["accuracy_line"] == processes[1]["accuracy_line"] is not None
+    assert report["num_processes"] == 2 and report["num_replicas"] == 2
+    files = report["files"]
+    assert {"report.json", "preset/keras_vtx_preset.json", "preset/model.weights.h5",
+            "checkpoints/best.weights.h5", "attention_distance.png"} <= set(files), files
+    assert not any(name.startswith("backup") for name in files), files
+    for part in ("train", "validation"):  # one TensorBoard writer: process 0's
+        assert sum(name.startswith(f"logs/{part}/") for name in files) == 1, files
+
+
+@pytest.mark.parametrize("recipe", ["clip_contrastive", "detr_detection", "igpt_pretrain"])
+def test_single_process_recipes_refuse_several_processes(monkeypatch, recipe):
+    import importlib
+
+    module = importlib.import_module(f"recipes.{recipe}")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
+    with pytest.raises(ValueError, match=f"recipes/{recipe}.py trains in one process"):
+        module.main([])
+
+
+def test_initialize_leaves_one_process_alone_and_checks_its_settings(monkeypatch):
+    from keras_vtx import distribute
+
+    for name in ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
+                 "KERAS_DISTRIBUTION_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert distribute.initialize() is False
+    assert distribute.initialize(num_processes=1) is False
+    assert (distribute.process_count(), distribute.process_index(), distribute.is_chief()) == (
+        1, 0, True)
+    with pytest.raises(ValueError, match=r"`process_id` must be in \[0, num_processes=2\)"):
+        distribute.initialize(num_processes=2, process_id=2)
+    with pytest.raises(ValueError, match="`process_id` 1 needs `num_processes` > 1"):
+        distribute.initialize(process_id=1)
+    with pytest.raises(ValueError, match="`num_processes` must be an int; received '2'"):
+        distribute.initialize(num_processes="2")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "two")
+    with pytest.raises(ValueError, match="KERAS_DISTRIBUTION_NUM_PROCESSES must be an int"):
+        distribute.initialize()
+
+
+@pytest.mark.only_backend("tensorflow")
+def test_initialize_says_why_tensorflow_trains_in_one_process():
+    from keras_vtx import distribute
+
+    with pytest.raises(ValueError, match="MultiWorkerMirroredStrategy.*keras-team/keras#20585"):
+        distribute.initialize(job_addresses="127.0.0.1:1", num_processes=2, process_id=0)
+
+
+@pytest.mark.only_backend("torch")
+def test_initialize_says_why_torch_trains_in_one_process():
+    from keras_vtx import distribute
+
+    with pytest.raises(ValueError, match="torch backend has no multi-process fit"):
+        distribute.initialize(job_addresses="127.0.0.1:1", num_processes=2, process_id=0)

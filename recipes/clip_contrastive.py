@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 
 from recipes._common import (  # noqa: E402
     replicas_and_scope,
-    single_process_only,
+    start_processes,
     training_callbacks,
 )
 
@@ -201,17 +201,20 @@ def main(argv=None, callbacks=None):
     """
     args = parse_args(argv)
     start = time.perf_counter()
-    single_process_only("recipes/clip_contrastive.py")
+    # Several processes (one per host, KERAS_DISTRIBUTION_*): started before anything runs.
+    num_processes = start_processes()
     keras.utils.set_random_seed(args.seed)
     keras.config.set_dtype_policy(args.precision)
 
     from keras_vtx.data import load_pair_data
+    from keras_vtx.distribute import is_chief, process_index
     from keras_vtx.metrics import retrieval_recall
     from keras_vtx.models.clip import CLIP
     from keras_vtx.models.clip.clip_tokenizer import CLIPTokenizer
     from keras_vtx.models.clip.zero_shot_classifier import ZeroShotClassifier
 
-    num_replicas, scope = replicas_and_scope(args.distribute, args.batch_size)
+    num_replicas, scope = replicas_and_scope(args.distribute or num_processes > 1,
+                                             args.batch_size)
 
     context_length = args.context_length
     if context_length is None and _is_shapes(args.data):
@@ -263,20 +266,38 @@ def main(argv=None, callbacks=None):
             verbose=args.verbose,
         )
         loss = float(model.evaluate(validation, return_dict=True, verbose=0)["loss"])
+
+    def analyse(trained):
+        """Retrieval recall, zero-shot accuracy and the paper's comparisons."""
         images, image_embeddings, text_embeddings, text_to_image = embed_validation(
-            model, data, tokenizer
+            trained, data, tokenizer
         )
         recall = retrieval_recall(image_embeddings, text_embeddings, text_to_image, ks=(1, 5))
         zero_shot, paper = {}, {}
         if data.class_names is not None:
             templates = args.templates or ("shapes" if _is_shapes(args.data) else "simple")
-            classifier = ZeroShotClassifier(model, data.class_names, templates=templates,
+            classifier = ZeroShotClassifier(trained, data.class_names, templates=templates,
                                             tokenizer=tokenizer)
             zero_shot = classifier.evaluate_accuracy(images, data.validation_labels,
                                                      ks=(1, min(5, len(data.class_names))))
-            paper = paper_comparisons(model, tokenizer, data, images, image_embeddings,
+            paper = paper_comparisons(trained, tokenizer, data, images, image_embeddings,
                                       templates)
-    model.save_to_preset(os.path.join(output, "preset"), overwrite=True)
+        return recall, zero_shot, paper
+
+    preset = os.path.join(output, "preset")
+    if num_processes == 1:
+        with scope():
+            recall, zero_shot, paper = analyse(model)
+        model.save_to_preset(preset, overwrite=True)
+    elif is_chief():
+        # Several processes: the trained weights span them all; process 0 measures a copy
+        # of its own, loaded from the preset it writes.
+        model.save_to_preset(preset, overwrite=True)
+        recall, zero_shot, paper = analyse(CLIP.from_preset(preset))
+    else:
+        print(f"process {process_index()}: trained; process 0 writes the outputs")
+        return {"loss": loss, "history": {k: [float(v) for v in vs]
+                                          for k, vs in history.history.items()}}
 
     report = {
         "preset": args.preset,
@@ -284,6 +305,7 @@ def main(argv=None, callbacks=None):
         "backend": keras.backend.backend(),
         "precision": args.precision,
         "num_replicas": num_replicas,
+        "num_processes": num_processes,
         "num_train": data.num_train,
         "num_validation": data.num_validation,
         "image_size": args.image_size,

@@ -1,9 +1,10 @@
-"""recipes/vit_classification.py as two JAX processes on the loopback.
+"""A recipe (`vit` or `clip`, the first argument) as two JAX processes on the loopback.
 
 Run by tests/test_distribute.py. Starts the recipe twice with Keras' KERAS_DISTRIBUTION_*
-variables (a tiny run: 2 steps of a global batch of 8 on 16 x 16 shapes) and prints
-"REPORT " + JSON: each process's exit code and final accuracy line, and the files left
-in the output folder. Every process is bounded by a timeout and killed if it overruns.
+variables (a tiny run: 2 steps of a global batch of 8 on 16 x 16 shapes; CLIP from a tiny
+preset written here) and prints "REPORT " + JSON: each process's exit code and final
+summary line, the files left in the output folder and parts of the report. Every process
+is bounded by a timeout and killed if it overruns.
 """
 
 import json
@@ -24,16 +25,44 @@ def free_port():
         return s.getsockname()[1]
 
 
-def main():
+def tiny_clip_preset(path):
+    """A one-layer CLIP preset for 16 x 16 images, written with the JAX backend."""
+    os.environ["KERAS_BACKEND"] = "jax"
+    sys.path.insert(0, ROOT)
+    from keras_vtx.models.clip import (
+        CLIP,
+        CLIPTextEncoder,
+        clip_image_encoder_config,
+        clip_text_encoder_config,
+    )
+    from keras_vtx.models.vit import ViTBackbone
+
+    model = CLIP(ViTBackbone(**clip_image_encoder_config("Ti/8", 16, hidden_dim=16,
+                                                         num_layers=1, num_heads=2,
+                                                         mlp_dim=32)),
+                 CLIPTextEncoder(**clip_text_encoder_config(16, num_layers=1, num_heads=2)),
+                 projection_dim=8)
+    model.save_to_preset(path)
+    return path
+
+
+def main(recipe):
     output = tempfile.mkdtemp(prefix="vtx_recipe_")
     base = {k: v for k, v in os.environ.items() if not k.startswith("KERAS_DISTRIBUTION_")}
     base.update(KERAS_BACKEND="jax", CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu",
                 TF_CPP_MIN_LOG_LEVEL="3")
     port = free_port()
-    command = [sys.executable, os.path.join(ROOT, "recipes", "vit_classification.py"),
-               "--data", "shapes:120", "--image-size", "16", "--epochs", "1",
-               "--batch-size", "8", "--steps-per-epoch", "2", "--verbose", "0",
-               "--output", output]
+    common = ["--data", "shapes:120", "--image-size", "16", "--epochs", "1", "--batch-size",
+              "8", "--steps-per-epoch", "2", "--verbose", "0", "--output", output]
+    if recipe == "vit":
+        command = [sys.executable, os.path.join(ROOT, "recipes", "vit_classification.py"),
+                   *common]
+        summary = "final validation"
+    else:
+        preset = tiny_clip_preset(os.path.join(tempfile.mkdtemp(prefix="vtx_clip_"), "tiny"))
+        command = [sys.executable, os.path.join(ROOT, "recipes", "clip_contrastive.py"),
+                   "--preset", preset, *common]
+        summary = "validation loss"
     runs = []
     try:
         for process in range(2):
@@ -45,13 +74,15 @@ def main():
         processes = []
         for run in runs:
             out, err = run.communicate(timeout=TIMEOUT)
-            lines = [line for line in out.splitlines() if line.startswith("final validation")]
-            processes.append({"code": run.returncode, "accuracy_line": lines[-1] if lines else None,
+            lines = [line for line in out.splitlines() if line.startswith(summary)]
+            processes.append({"code": run.returncode, "summary": lines[-1] if lines else None,
                               "stderr": err[-3000:] if run.returncode else ""})
         files = sorted(os.path.relpath(os.path.join(folder, name), output)
                        for folder, _, names in os.walk(output) for name in names)
-        with open(os.path.join(output, "report.json")) as f:
-            report = json.load(f) if os.path.exists(os.path.join(output, "report.json")) else {}
+        report = {}
+        if os.path.exists(os.path.join(output, "report.json")):
+            with open(os.path.join(output, "report.json")) as f:
+                report = json.load(f)
     finally:
         for run in runs:  # every process stops, whatever happened
             if run.poll() is None:
@@ -61,8 +92,10 @@ def main():
     print("REPORT " + json.dumps({"processes": processes, "files": files,
                                   "num_processes": report.get("num_processes"),
                                   "num_replicas": report.get("num_replicas"),
-                                  "accuracy": report.get("accuracy")}), flush=True)
+                                  "accuracy": report.get("accuracy"),
+                                  "zero_shot_accuracy": report.get("zero_shot_accuracy"),
+                                  "loss": report.get("loss")}), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1] if len(sys.argv) > 1 else "vit")

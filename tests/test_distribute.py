@@ -339,6 +339,17 @@ def test_imports_and_runs_without_tensorflow():
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-4000:]
 
 
+def _script_report(script, *args):
+    """Runs tests/distribute_scripts/`script` (which bounds and stops its processes) and
+    returns the JSON of its "REPORT " line."""
+    path = os.path.join(ROOT, "tests", "distribute_scripts", script)
+    result = subprocess.run([sys.executable, path, *args], capture_output=True, text=True,
+                            timeout=900, cwd=ROOT)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
+    assert result.returncode == 0 and lines, result.stderr[-4000:]
+    return json.loads(lines[-1][len("REPORT "):])
+
+
 # Runs once, from the PyTorch session (the subprocesses set their own backend).
 @pytest.mark.only_backend("torch")
 @pytest.mark.slow
@@ -349,13 +360,9 @@ def test_two_jax_processes_train_like_one():
     # negatives from the global batch) and DETR's set loss (normalised by the global
     # number of boxes) end two epochs with the weights and losses of one process on the
     # whole batch.
-    script = os.path.join(ROOT, "tests", "distribute_scripts", "jax_multiprocess.py")
-    result = subprocess.run([sys.executable, script], capture_output=True, text=True,
-                            timeout=900, cwd=ROOT)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
-    assert result.returncode == 0 and lines, result.stderr[-4000:]
-    workers = [r for r in json.loads(lines[-1][len("REPORT "):]) if r["kind"] == "worker"]
-    (single,) = [r for r in json.loads(lines[-1][len("REPORT "):]) if r["kind"] == "single"]
+    reports = _script_report("jax_multiprocess.py")
+    workers = [r for r in reports if r["kind"] == "worker"]
+    (single,) = [r for r in reports if r["kind"] == "single"]
     assert sorted(r["process"] for r in workers) == [0, 1]
     assert [r["chief"] for r in sorted(workers, key=lambda r: r["process"])] == [True, False]
     assert all(r["started"] and r["processes"] == 2 and r["replicas"] == 2 for r in workers)
@@ -388,12 +395,7 @@ def test_a_killed_jax_process_restarted_resumes_the_run():
     # middle of the second epoch, the launcher stops process 0 (stuck in a collective)
     # and starts both again with the same command: they resume at the second epoch and
     # end with the weights and losses of an uninterrupted single-process run.
-    script = os.path.join(ROOT, "tests", "distribute_scripts", "jax_resume.py")
-    result = subprocess.run([sys.executable, script], capture_output=True, text=True,
-                            timeout=900, cwd=ROOT)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
-    assert result.returncode == 0 and lines, result.stderr[-4000:]
-    report = json.loads(lines[-1][len("REPORT "):])
+    report = _script_report("jax_resume.py")
     assert report["killed_exit_code"] == 17 and report["survivor_still_running"]
     assert report["backups"] == ["process_0", "process_1"]
     (single,) = report["single"]
@@ -415,12 +417,7 @@ def test_recipe_runs_as_two_jax_processes_and_one_writes(recipe):
     # The same command on each "host": both processes train together (2 replicas) and
     # print the same result; one set of outputs (process 0's), the backups removed after
     # the run, nothing from process 1 in the output folder.
-    script = os.path.join(ROOT, "tests", "distribute_scripts", "jax_recipe.py")
-    result = subprocess.run([sys.executable, script, recipe], capture_output=True,
-                            text=True, timeout=900, cwd=ROOT)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
-    assert result.returncode == 0 and lines, result.stderr[-4000:]
-    report = json.loads(lines[-1][len("REPORT "):])
+    report = _script_report("jax_recipe.py", recipe)
     processes = report["processes"]
     assert [p["code"] for p in processes] == [0, 0], [p["stderr"] for p in processes]
     assert report["num_processes"] == 2 and report["num_replicas"] == 2

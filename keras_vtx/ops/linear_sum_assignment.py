@@ -356,7 +356,7 @@ def _assign(cost, row_active, col_avail):
         pred = ops.where(improved, best_via, pred)
 
         # A finished search: potentials that keep every reduced cost >= 0 and make the
-        # path tight, then augmentation from the sink, one column per step.
+        # path tight, then augmentation from the sink, HOPS_PER_STEP columns per step.
         scanned = ops.logical_and(col_avail, dist < to_free[:, None])
         v = v - ops.where(ops.logical_and(scanned, finishing[:, None]),
                           to_free[:, None] - dist, 0.0)

@@ -4,15 +4,17 @@ Run by tests/test_distribute.py. Without arguments it starts two worker processe
 (`keras_vtx.distribute.initialize()` from Keras' KERAS_DISTRIBUTION_* variables, a
 coordinator on a free loopback port) and one single-process run, each training a tiny
 ViT classifier, a tiny CLIP, an encoder with the SupCon loss and a detector head with
-DETR's set loss for two epochs on the same tf.data dataset of the global batch; it prints one line, "REPORT " + JSON of every process's results. Every process
-is bounded by a timeout and killed if it overruns.
+DETR's set loss for two epochs on the same tf.data dataset of the global batch; it prints
+one line, "REPORT " + JSON of every process's results. Every process is bounded by a
+timeout and killed if it overruns.
 """
 
 import json
 import os
-import socket
 import subprocess
 import sys
+
+from launch import collect, finish, free_port, jax_environment, stopping, worker_environment
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 TIMEOUT = 300
@@ -149,45 +151,21 @@ def train(kind):
     print("REPORT " + json.dumps(results), flush=True)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main():
     port = free_port()
-    base = {k: v for k, v in os.environ.items() if not k.startswith("KERAS_DISTRIBUTION_")}
-    base.update(KERAS_BACKEND="jax", CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu",
-                TF_CPP_MIN_LOG_LEVEL="3")
-    runs = []
-    for process in range(2):
-        env = dict(base, KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}",
-                   KERAS_DISTRIBUTION_NUM_PROCESSES="2",
-                   KERAS_DISTRIBUTION_PROCESS_ID=str(process))
-        runs.append(subprocess.Popen([sys.executable, __file__, "worker"], env=env,
+    base = jax_environment()
+    runs, errors = [], []
+    with stopping(runs):
+        for process in range(2):
+            runs.append(subprocess.Popen([sys.executable, __file__, "worker"],
+                                         env=worker_environment(base, port, process),
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True))
+        runs.append(subprocess.Popen([sys.executable, __file__, "single"], env=base,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True))
-    runs.append(subprocess.Popen([sys.executable, __file__, "single"], env=base,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    reports, errors = [], []
-    try:
-        for run in runs:
-            out, err = run.communicate(timeout=TIMEOUT)
-            lines = [line for line in out.splitlines() if line.startswith("REPORT ")]
-            if run.returncode or not lines:
-                errors.append(err[-3000:])
-            else:
-                reports.append(json.loads(lines[-1][len("REPORT "):]))
-    finally:
-        for run in runs:  # every process stops, whatever happened
-            if run.poll() is None:
-                run.kill()
-                run.wait()
-    if errors:
-        print("\n---\n".join(errors), file=sys.stderr)
-        sys.exit(1)
-    print("REPORT " + json.dumps(reports), flush=True)
+        reports = collect(runs, TIMEOUT, errors)
+    finish(reports, errors)
 
 
 if __name__ == "__main__":

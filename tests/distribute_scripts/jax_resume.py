@@ -18,11 +18,12 @@ Every process is bounded by a timeout and killed if it overruns.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from launch import collect, finish, free_port, jax_environment, stopping, worker_environment
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 TIMEOUT = 300
@@ -79,77 +80,44 @@ def train(kind, backup_root):
     print("REPORT " + json.dumps(report), flush=True)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(kind, env, backup_root):
     return subprocess.Popen([sys.executable, __file__, kind, backup_root], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def collect(runs, errors, expect_failure=()):
-    reports = []
-    for run in runs:
-        out, err = run.communicate(timeout=TIMEOUT)
-        lines = [line for line in out.splitlines() if line.startswith("REPORT ")]
-        if run in expect_failure:
-            continue
-        if run.returncode or not lines:
-            errors.append(err[-3000:])
-        else:
-            reports.append(json.loads(lines[-1][len("REPORT "):]))
-    return reports
-
-
 def main():
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith("KERAS_DISTRIBUTION_") and k != "DIE_AT_EPOCH"}
-    base.update(KERAS_BACKEND="jax", CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu",
-                TF_CPP_MIN_LOG_LEVEL="3")
+    base = jax_environment(drop=("DIE_AT_EPOCH",))
     root = tempfile.mkdtemp(prefix="vtx_resume_")
     runs, errors, result = [], [], {}
-    try:
-        runs = [launch("single", base, os.path.join(root, "single"))]
-        result["single"] = collect(runs, errors)
 
-        def workers(die_at=None):
-            port = free_port()
-            started = []
-            for process in range(2):
-                env = dict(base, KERAS_DISTRIBUTION_JOB_ADDRESSES=f"127.0.0.1:{port}",
-                           KERAS_DISTRIBUTION_NUM_PROCESSES="2",
-                           KERAS_DISTRIBUTION_PROCESS_ID=str(process))
-                if die_at is not None and process == 1:
-                    env["DIE_AT_EPOCH"] = str(die_at)
-                started.append(launch("worker", env, os.path.join(root, "workers")))
-            return started
+    def workers(die_at=None):
+        port = free_port()
+        for process in range(2):
+            env = worker_environment(base, port, process)
+            if die_at is not None and process == 1:
+                env["DIE_AT_EPOCH"] = str(die_at)
+            runs.append(launch("worker", env, os.path.join(root, "workers")))
+        return runs[-2:]
 
-        runs = workers(die_at=1)
+    with stopping(runs):
+        runs.append(launch("single", base, os.path.join(root, "single")))
+        result["single"] = collect(runs[-1:], TIMEOUT, errors)
+
+        first = workers(die_at=1)
         deadline = time.monotonic() + TIMEOUT
-        while runs[1].poll() is None and time.monotonic() < deadline:
+        while first[1].poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
-        result["killed_exit_code"] = runs[1].returncode
+        result["killed_exit_code"] = first[1].returncode
         time.sleep(2)
-        result["survivor_still_running"] = runs[0].poll() is None
-        runs[0].kill()  # the scheduler stops the rest of the job
-        collect(runs, errors, expect_failure=runs)
+        result["survivor_still_running"] = first[0].poll() is None
+        first[0].kill()  # the scheduler stops the rest of the job
+        for run in first:
+            run.communicate()
         result["backups"] = sorted(os.listdir(os.path.join(root, "workers")))
 
-        runs = workers()
-        result["resumed"] = collect(runs, errors)
-    finally:
-        for run in runs:  # every process stops, whatever happened
-            if run.poll() is None:
-                run.kill()
-                run.wait()
-        shutil.rmtree(root, ignore_errors=True)
-    if errors:
-        print("\n---\n".join(errors), file=sys.stderr)
-        sys.exit(1)
-    print("REPORT " + json.dumps(result), flush=True)
+        result["resumed"] = collect(workers(), TIMEOUT, errors)
+    shutil.rmtree(root, ignore_errors=True)
+    finish(result, errors)
 
 
 if __name__ == "__main__":

@@ -339,7 +339,8 @@ def dataset_from_pairs(
             `(batch, sequence_length)` inside a `tf.data` map; default
             `keras_vtx.models.clip.CLIPTokenizer()`.
         image_size: int, the side of the square images yielded.
-        batch_size: int, the global batch size.
+        batch_size: int, the batch size of this dataset (with `num_shards` > 1,
+            one shard's part of the global batch).
         shuffle: bool, shuffle (seeded, anew each epoch); True for training.
         augment: bool, random resized crops of `crop_scale` area (no flips);
             False resizes and centre-crops (evaluation).
@@ -352,7 +353,11 @@ def dataset_from_pairs(
         seed: int, seeds shuffling, crops and caption sampling.
         drop_remainder: bool, drop the last incomplete batch; default `shuffle`.
         shuffle_buffer: int, default: every element (in-memory sources).
-        num_shards: int, keep every `num_shards`-th image (several hosts).
+        num_shards: int, keep every `num_shards`-th image (several hosts). For
+            training the images are first cut to whole global batches; with
+            `"flatten"` every shard batches as many pairs as the smallest shard
+            holds (shards of images hold different numbers of captions), so
+            every host takes as many steps.
         shard_index: int in [0, num_shards), the shard this host keeps.
 
     Returns:
@@ -395,22 +400,42 @@ def dataset_from_pairs(
         source = tf.data.Dataset.from_tensor_slices((images, ragged))
         decode = None
     num_elements = len(flat) if captions_per_image == "flatten" else len(caption_lists)
+    take = None
+    if captions_per_image == "flatten" and (shuffle if drop_remainder is None
+                                            else drop_remainder):
+        # Shards of images hold different numbers of captions: every shard takes the
+        # smallest shard's whole batches of pairs (other pairs each epoch, as shuffled),
+        # so every process takes as many steps.
+        shards = sources.check_shards(num_shards, shard_index)
+        if shards > 1:
+            take = flattened_pairs_per_shard(lengths, shards) // batch_size * batch_size
     return _pair_pipeline(
         source, decode, tokenizer=tokenizer, image_size=image_size, batch_size=batch_size,
         shuffle=shuffle, augment=augment, captions_per_image=captions_per_image,
         crop_scale=crop_scale, seed=seed, drop_remainder=drop_remainder,
         shuffle_buffer=shuffle_buffer or num_elements, num_shards=num_shards,
-        shard_index=shard_index,
+        shard_index=shard_index, take=take,
     )
+
+
+def flattened_pairs_per_shard(lengths, num_shards):
+    """The (image, caption) pairs of the smallest of `num_shards` shards of images.
+
+    Shard i keeps images i, i + num_shards, ... (`tf.data.Dataset.shard`); `lengths`
+    are the images' caption counts.
+    """
+    lengths = np.asarray(lengths, "int64")
+    return int(min(lengths[i::num_shards].sum() for i in range(num_shards)))
 
 
 def _pair_pipeline(source, decode, *, tokenizer, image_size, batch_size, shuffle, augment,
                    captions_per_image, crop_scale, seed, drop_remainder, shuffle_buffer,
-                   num_shards, shard_index, drop_uncaptioned=False):
+                   num_shards, shard_index, drop_uncaptioned=False, take=None):
     """Turns an unbatched `(image_or_path, captions)` dataset (captions 1-D) into batches.
 
     `drop_uncaptioned` filters out images without captions (streamed sources; the
-    in-memory ones are checked up front and keep a known cardinality).
+    in-memory ones are checked up front and keep a known cardinality). `take`: how
+    many elements of this shard to batch each epoch (after shuffling), or None for all.
     """
     image_size = sources.positive_int("image_size", image_size)
     batch_size = sources.positive_int("batch_size", batch_size)
@@ -443,6 +468,8 @@ def _pair_pipeline(source, decode, *, tokenizer, image_size, batch_size, shuffle
     if shuffle:
         dataset = dataset.shuffle(shuffle_buffer or 10_000, seed=seed,
                                   reshuffle_each_iteration=True)
+    if take is not None:
+        dataset = dataset.take(take)
     if decode is not None:
         dataset = decode(dataset)
 
@@ -692,7 +719,11 @@ def _load_shapes(value, validation_split, common, options, evaluation, report):
 
 def _epoch_size(captions, options):
     if options.get("captions_per_image") == "flatten":
-        return sum(1 if isinstance(c, str) else len(c) for c in captions)
+        lengths = [1 if isinstance(c, str) else len(c) for c in captions]
+        num_shards = options.get("num_shards") or 1
+        if num_shards > 1:  # every shard takes the smallest shard's pairs
+            return flattened_pairs_per_shard(lengths, num_shards) * num_shards
+        return sum(lengths)
     return len(captions)
 
 

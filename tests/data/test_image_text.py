@@ -499,3 +499,28 @@ def test_every_loader_returns_a_loaded_data():
     assert detection.num_classes == info.num_classes and detection.class_names == info.class_names
     assert detection.steps_per_epoch == info.steps_per_epoch == 4
 
+
+
+def test_flattened_captions_give_every_shard_the_same_steps():
+    # Shard 0 holds images 0, 2, 4 (5 + 4 + 2 = 11 captions), shard 1 images 1, 3, 5
+    # (1 + 2 + 3 = 6): each takes the smallest shard's 6 pairs, 3 batches of 2, so two
+    # hosts take as many steps (without it: 5 and 3).
+    lengths = [5, 1, 4, 2, 2, 3]
+    images = _level_images(6)
+    captions = [[f"caption {i} {k}" for k in range(n)] for i, n in enumerate(lengths)]
+    groups = captions
+    counts = []
+    for shard in range(2):
+        dataset = dataset_from_pairs(images, captions, TOKENIZER, image_size=8, batch_size=2,
+                                     captions_per_image="flatten", num_shards=2,
+                                     shard_index=shard, seed=3)
+        for _ in range(2):  # other pairs of the larger shard each epoch, as many batches
+            batches = _batches(dataset)
+            ids = _check_pairs(batches, groups)
+            assert all(i % 2 == shard for i in ids), ids
+            counts.append(len(batches))
+    assert counts == [3, 3, 3, 3], counts
+    # The loader's step count says the same, from the captions alone.
+    from keras_vtx.data.image_text import _epoch_size
+
+    assert _epoch_size(captions, {"captions_per_image": "flatten", "num_shards": 2}) // 4 == 3

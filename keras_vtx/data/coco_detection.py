@@ -420,7 +420,11 @@ def coco_detection_dataset(
         bad_files: `"skip"` or `"raise"` for unreadable or missing images.
         report: optional `BadFileReport` to record skipped files in.
         num_shards: int, keep every `num_shards`-th image (several hosts),
-            before decoding.
+            before decoding. Training cuts the images to whole global batches
+            first; grouped by orientation, every shard then yields the batches
+            it always reaches (`grouped_batches_per_shard`: each group may leave
+            an incomplete batch), so every host takes as many steps, and
+            `info.num_train` counts the images those batches hold.
         shard_index: int, the first image kept (this host's index).
 
     Returns:
@@ -521,7 +525,8 @@ def coco_detection_dataset(
         {"boxes": (max_boxes, 4), "labels": (max_boxes,), "image_id": (), "orig_size": (2,),
          "size": (2,)},
     )
-    if training and group_by_orientation and pad_to is None:
+    grouped = training and group_by_orientation and pad_to is None
+    if grouped:
         def batch_group(portrait, images):
             return images.padded_batch(batch_size, padded_shapes=padded_shapes,
                                        drop_remainder=True)
@@ -529,6 +534,13 @@ def coco_detection_dataset(
         dataset = dataset.group_by_window(
             key_func=lambda x, y: tf.cast(y["size"][0] > y["size"][1], tf.int64),
             reduce_func=batch_group, window_size=batch_size)
+        if num_shards > 1:
+            # Each group drops its incomplete batch, and a random crop can change an
+            # image's orientation: the batches per epoch vary. Every shard (as many
+            # images each) takes the number it always reaches, so that every process
+            # takes as many steps.
+            dataset = dataset.take(grouped_batches_per_shard(len(records["file_names"]),
+                                                             batch_size, num_shards))
     else:
         dataset = dataset.padded_batch(batch_size, padded_shapes=padded_shapes,
                                        drop_remainder=training)
@@ -541,10 +553,30 @@ def coco_detection_dataset(
         ground_truth=annotation_file if not isinstance(annotation_file, dict) else None,
         image_dir=image_dir, bad_files=report, truncated_images=records["truncated"],
         batch_size=batch_size,
-        **({"num_train": len(records["file_names"])} if training
+        **({"num_train": _images_per_epoch(len(records["file_names"]), batch_size,
+                                           num_shards, grouped)} if training
            else {"num_validation": len(records["file_names"])}),
     )
     return dataset.prefetch(tf.data.AUTOTUNE), info
+
+
+def grouped_batches_per_shard(num_images, shard_batch, num_shards):
+    """The batches one shard always yields when grouped in two orientations.
+
+    The images are cut to whole global batches and sharded, `n` per shard; each of
+    the two groups may leave an incomplete batch of at most `shard_batch - 1`
+    images, so `(n - 2 * (shard_batch - 1)) // shard_batch` batches are always there.
+    """
+    per_shard = num_images // (shard_batch * num_shards) * shard_batch
+    return max(0, (per_shard - 2 * (shard_batch - 1)) // shard_batch)
+
+
+def _images_per_epoch(num_images, shard_batch, num_shards, grouped):
+    """`num_train` of a training pipeline: what `steps_per_epoch` is computed from."""
+    if grouped and num_shards > 1:
+        return grouped_batches_per_shard(num_images, shard_batch, num_shards) * (
+            shard_batch * num_shards)
+    return num_images
 
 
 def _dense(tensor):

@@ -10,6 +10,7 @@ from PIL import Image
 from keras_vtx.data.coco_detection import (
     coco_detection_dataset,
     detr_pad_buckets,
+    grouped_batches_per_shard,
     load_detection_data,
     read_coco_annotations,
     validate_detection_targets,
@@ -167,6 +168,34 @@ def test_auto_buckets_and_orientation_groups_give_two_training_shapes(tmp_path):
                 assert mask.sum() == h * w and mask[:h, :w].all()
             validate_detection_targets(y["boxes"], y["labels"], info.num_classes)
     assert shapes == {(32, 48), (48, 32)} and orientations == {True, False}
+
+
+def test_orientation_groups_give_every_shard_the_same_steps(tmp_path):
+    # 12 images (8 landscape, 4 portrait; random crops can turn some), two shards of 6,
+    # batches of 2 per shard: each orientation group may leave an incomplete batch, so a
+    # shard yields 2 or 3 batches by epoch; every shard takes the 2 it always reaches.
+    root = tmp_path / "mixed"
+    root.mkdir()
+    images, annotations = [], []
+    for i in range(12):
+        h, w = (40, 60) if i % 3 else (60, 40)
+        Image.fromarray(np.full((h, w, 3), 20 * i, "uint8")).save(root / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "height": h, "width": w})
+        annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 1,
+                            "bbox": [4, 4, 20, 20], "iscrowd": 0})
+    path = root / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "box"}]}))
+    counts = []
+    for shard in range(2):
+        dataset, info = coco_detection_dataset(str(path), str(root), training=True,
+                                               batch_size=2, max_boxes=2, seed=1,
+                                               num_shards=2, shard_index=shard, **SMALL)
+        counts += [len(_batches(dataset)) for _ in range(4)]
+        assert info.num_train == 8  # 2 batches of 2 images in each of 2 shards
+    assert counts == [2] * 8, counts
+    assert grouped_batches_per_shard(12, 2, 2) == 2
+    assert grouped_batches_per_shard(12, 2, 1) == 5  # one process: (12 - 2) // 2
 
 
 @pytest.mark.backend_independent

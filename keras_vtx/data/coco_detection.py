@@ -55,6 +55,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -674,9 +675,32 @@ def _export_shapes(data_dir, total, validation_split, seed):
         folder = os.path.join(data_dir, name)
         path = os.path.join(folder, "instances.json")
         if not os.path.isfile(path):  # the JSON is written last: present means complete
-            export_shapes_coco(folder, count, image_size=SHAPES_IMAGE_SIZE, seed=split_seed)
+            _export_atomically(folder, count, split_seed)
         splits[name] = (path, os.path.join(folder, "images"))
     return splits
+
+
+def _export_atomically(folder, count, seed):
+    """Writes a shapes COCO set to `folder` through a staging folder and one rename.
+
+    Several processes of one machine (a multi-process run) may export the same set at
+    once: each writes its own staging folder and the first rename wins, so no process
+    reads a half-written image. A folder left incomplete by an interrupted run (no JSON)
+    is replaced.
+    """
+    parent = os.path.dirname(folder)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(folder)}-")
+    export_shapes_coco(staging, count, image_size=SHAPES_IMAGE_SIZE, seed=seed)
+    for _ in range(2):
+        try:
+            os.rename(staging, folder)  # atomic; fails if `folder` exists
+            return
+        except OSError:
+            if os.path.isfile(os.path.join(folder, "instances.json")):
+                break  # another process finished first: its copy is the same
+            shutil.rmtree(folder, ignore_errors=True)  # an interrupted run's leftovers
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _find_image_dir(annotation_file, records_first):

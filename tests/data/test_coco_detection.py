@@ -367,3 +367,26 @@ def test_batches_feed_a_keras_model(tmp_path):
     assert out.shape == (3, 4) and np.all(np.isfinite(out))
     predicted = model.predict(dataset.map(lambda x, y: x), verbose=0)
     assert predicted.shape == (3, 4) and np.all(np.isfinite(predicted))
+
+
+def test_shapes_export_is_atomic_across_processes_and_replaces_leftovers(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from keras_vtx.data.coco_detection import _export_shapes
+
+    data_dir = str(tmp_path / "shapes")
+    # An interrupted earlier export: images but no JSON.
+    (tmp_path / "shapes" / "train" / "images").mkdir(parents=True)
+    (tmp_path / "shapes" / "train" / "images" / "000001.png").write_bytes(b"half")
+    # Four exporters at once, as processes of one machine would.
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: _export_shapes(data_dir, 12, 0.25, 0), range(4)))
+    assert all(r == results[0] for r in results)
+    for name, count in (("train", 9), ("val", 3)):
+        path, image_dir = results[0][name]
+        records = read_coco_annotations(path)
+        assert len(records["file_names"]) == count
+        for file_name in records["file_names"]:  # every image whole
+            with Image.open(os.path.join(image_dir, file_name)) as image:
+                image.load()
+    assert sorted(os.listdir(data_dir)) == ["train", "val"]  # no staging folder left

@@ -138,7 +138,8 @@ def test_explicit_pad_buckets_pick_the_smallest_that_fits(tmp_path):
 
 
 @pytest.mark.backend_independent
-def test_auto_buckets_and_orientation_groups_give_two_training_shapes(tmp_path):
+def _write_mixed_orientations(tmp_path):
+    """12 images, 8 landscape (40 x 60) and 4 portrait (60 x 40), one box each."""
     root = tmp_path / "mixed"
     root.mkdir()
     images, annotations = [], []
@@ -151,6 +152,11 @@ def test_auto_buckets_and_orientation_groups_give_two_training_shapes(tmp_path):
     path = root / "instances.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations,
                                 "categories": [{"id": 1, "name": "box"}]}))
+    return path, root
+
+
+def test_auto_buckets_and_orientation_groups_give_two_training_shapes(tmp_path):
+    path, root = _write_mixed_orientations(tmp_path)
     assert detr_pad_buckets(32, 48, 8) == [(32, 48), (48, 32), (48, 48)]
     assert detr_pad_buckets(800, 1333) == [(800, 1344), (1344, 800), (1344, 1344)]
     dataset, info = coco_detection_dataset(str(path), str(root), training=True, batch_size=2,
@@ -174,18 +180,7 @@ def test_orientation_groups_give_every_shard_the_same_steps(tmp_path):
     # 12 images (8 landscape, 4 portrait; random crops can turn some), two shards of 6,
     # batches of 2 per shard: each orientation group may leave an incomplete batch, so a
     # shard yields 2 or 3 batches by epoch; every shard takes the 2 it always reaches.
-    root = tmp_path / "mixed"
-    root.mkdir()
-    images, annotations = [], []
-    for i in range(12):
-        h, w = (40, 60) if i % 3 else (60, 40)
-        Image.fromarray(np.full((h, w, 3), 20 * i, "uint8")).save(root / f"{i}.png")
-        images.append({"id": i + 1, "file_name": f"{i}.png", "height": h, "width": w})
-        annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 1,
-                            "bbox": [4, 4, 20, 20], "iscrowd": 0})
-    path = root / "instances.json"
-    path.write_text(json.dumps({"images": images, "annotations": annotations,
-                                "categories": [{"id": 1, "name": "box"}]}))
+    path, root = _write_mixed_orientations(tmp_path)
     counts = []
     for shard in range(2):
         dataset, info = coco_detection_dataset(str(path), str(root), training=True,

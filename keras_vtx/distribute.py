@@ -162,7 +162,7 @@ def initialize(job_addresses=None, num_processes=None, process_id=None):
     False
     """
     job_addresses = job_addresses or os.environ.get(_JAX_ENV[0]) or None
-    num_processes = _int_setting("num_processes", num_processes, _JAX_ENV[1])
+    num_processes = requested_process_count(num_processes)
     process_id = _int_setting("process_id", process_id, _JAX_ENV[2])
     if num_processes is None or num_processes <= 1:
         if process_id not in (None, 0):
@@ -196,6 +196,17 @@ def initialize(job_addresses=None, num_processes=None, process_id=None):
     keras.distribution.initialize(job_addresses=job_addresses, num_processes=num_processes,
                                   process_id=process_id)
     return True
+
+
+def requested_process_count(num_processes=None):
+    """How many processes `initialize()` would start: `num_processes`, else Keras'
+    `KERAS_DISTRIBUTION_NUM_PROCESSES` (None when neither says). Starts nothing.
+
+    Example:
+    >>> requested_process_count(4)
+    4
+    """
+    return _int_setting("num_processes", num_processes, _JAX_ENV[1])
 
 
 def process_index():

@@ -60,8 +60,10 @@ def start_processes():
 def single_process_only(recipe):
     """Raises a clear error when the environment asks a recipe not ready for it for
     several processes (before starting anything: the other processes get it too)."""
-    requested = os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "").strip()
-    if requested.isdigit() and int(requested) > 1:
+    from keras_vtx.distribute import requested_process_count
+
+    requested = requested_process_count()
+    if requested is not None and requested > 1:
         raise ValueError(
             f"{recipe} trains in one process; KERAS_DISTRIBUTION_NUM_PROCESSES={requested} "
             "asks for several. recipes/vit_classification.py trains with several processes "

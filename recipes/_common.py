@@ -66,7 +66,7 @@ def single_process_only(recipe):
     if requested is not None and requested > 1:
         raise ValueError(
             f"{recipe} trains in one process; KERAS_DISTRIBUTION_NUM_PROCESSES={requested} "
-            "asks for several. recipes/vit_classification.py trains with several processes "
+            "asks for several. The ViT and CLIP recipes train with several processes "
             "(docs/distribute.md); run this one with one process per machine."
         )
 

@@ -27,7 +27,8 @@ boxes (`detections/*.png`) and `report.json`.
 The default (`detr_pico_shapes` from scratch, with DN-DETR's query denoising and
 trainable batch norm: 800 shapes images, 12 epochs of 500 steps of 16, learning rate
 5e-4 divided by ten after epoch 9) was measured with TensorFlow on 2 CPU cores:
-16.6 min, COCO AP 0.655 and AP50 0.889 on the 200 held-out images. Plain DETR learns
+13.7 min, COCO AP 0.626 and AP50 0.872 on the 200 held-out images (16.6 min, AP 0.655
+with the previous matcher; docs/detr.md). Plain DETR learns
 far slower from scratch (`--denoising-groups 0`; docs/detr.md has the comparison).
 """
 

@@ -57,20 +57,6 @@ def start_processes():
     return process_count()
 
 
-def single_process_only(recipe):
-    """Raises a clear error when the environment asks a recipe not ready for it for
-    several processes (before starting anything: the other processes get it too)."""
-    from keras_vtx.distribute import requested_process_count
-
-    requested = requested_process_count()
-    if requested is not None and requested > 1:
-        raise ValueError(
-            f"{recipe} trains in one process; KERAS_DISTRIBUTION_NUM_PROCESSES={requested} "
-            "asks for several. The ViT and CLIP recipes train with several processes "
-            "(docs/distribute.md); run this one with one process per machine."
-        )
-
-
 def chosen_distribution(enabled):
     """The `keras_vtx.distribute` choice for this machine, or None when not asked for."""
     if not enabled:
@@ -99,6 +85,27 @@ def replicas_and_scope(enabled, batch_size):
     return num_replicas, scope
 
 
+_PROCESS_OUTPUTS = {}
+
+
+def process_output(output):
+    """The folder this process writes `output`'s files to.
+
+    `output` itself in a single process and on process 0; with several processes the
+    others get a temporary folder of their own (the same one for every call with the
+    same `output`, removed at exit), so that one set of outputs is written.
+    """
+    from keras_vtx.distribute import is_chief
+
+    if is_chief():
+        return output
+    if output not in _PROCESS_OUTPUTS:
+        folder = tempfile.mkdtemp(prefix="keras_vtx_worker_")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _PROCESS_OUTPUTS[output] = folder
+    return _PROCESS_OUTPUTS[output]
+
+
 def training_callbacks(output, monitor, mode, extra=None):
     """The recipes' callbacks, writing under `output`; returns `(callbacks, throughput)`.
 
@@ -110,17 +117,15 @@ def training_callbacks(output, monitor, mode, extra=None):
     replicated values agree across processes, so a callback one process alone runs can
     stop the run): each backs up to its own `backup/process_N/` (double-buffered, so a
     backup cut short by a dying process leaves the previous one), and only process 0
-    writes the logs and checkpoints under `output`; the others write theirs to a
-    temporary folder, removed at exit.
+    writes the logs and checkpoints under `output`; the others write theirs to
+    `process_output(output)`.
     """
-    from keras_vtx.distribute import is_chief, process_count, process_index
+    from keras_vtx.distribute import process_count, process_index
 
     backup = os.path.join(output, "backup")
     if process_count() > 1:
         backup = os.path.join(backup, f"process_{process_index()}")
-        if not is_chief():
-            output = tempfile.mkdtemp(prefix="keras_vtx_worker_")
-            atexit.register(shutil.rmtree, output, ignore_errors=True)
+    output = process_output(output)
     os.makedirs(output, exist_ok=True)
     throughput = Throughput()
     callbacks = [

@@ -30,6 +30,11 @@ trainable batch norm: 800 shapes images, 12 epochs of 500 steps of 16, learning 
 13.7 min, COCO AP 0.626 and AP50 0.872 on the 200 held-out images (16.6 min, AP 0.655
 with the previous matcher; docs/detr.md). Plain DETR learns
 far slower from scratch (`--denoising-groups 0`; docs/detr.md has the comparison).
+
+On several hosts the same command runs once per host with Keras' `KERAS_DISTRIBUTION_*`
+variables (docs/distribute.md): each process reads its share of the training images,
+the set loss is normalised by the boxes of the global batch, and process 0 evaluates,
+draws and writes the outputs.
 """
 
 import argparse
@@ -50,7 +55,7 @@ import numpy as np  # noqa: E402
 
 from recipes._common import (  # noqa: E402
     replicas_and_scope,
-    single_process_only,
+    start_processes,
     training_callbacks,
 )
 
@@ -86,7 +91,8 @@ def parse_args(argv=None):
                         help="divide the learning rate by 10 after this many epochs "
                              f"(DETR: 200 of 300; default: {SHAPES_SCHEDULE['lr_drop']} for the "
                              "shapes presets, else two thirds of --epochs)")
-    parser.add_argument("--batch-size", type=int, default=16, help="the global batch size")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="the global batch size (all processes together)")
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="the transformer's learning rate (DETR: 1e-4; default: 1e-4, "
                              "or 5e-4 for the small shapes presets)")
@@ -180,16 +186,19 @@ def main(argv=None, callbacks=None):
         The report written to `OUTPUT/report.json`, as a dict.
     """
     args = parse_args(argv)
-    single_process_only("recipes/detr_detection.py")
     start = time.perf_counter()
+    # Several processes (one per host, KERAS_DISTRIBUTION_*): started before anything runs.
+    num_processes = start_processes()
     keras.utils.set_random_seed(args.seed)
     keras.config.set_dtype_policy(args.precision)
 
     from keras_vtx.data import load_detection_data
+    from keras_vtx.distribute import is_chief, process_index
     from keras_vtx.metrics import COCOEvaluationCallback
     from keras_vtx.models import DETR, get_preset, list_presets
 
-    num_replicas, scope = replicas_and_scope(args.distribute, args.batch_size)
+    num_replicas, scope = replicas_and_scope(args.distribute or num_processes > 1,
+                                             args.batch_size)
 
     named = args.preset in list_presets("DETR")
     preset_config = get_preset(args.preset)["config"] if named else {}
@@ -258,18 +267,35 @@ def main(argv=None, callbacks=None):
             shuffle=False,  # the tf.data pipeline shuffles, with the seed
             verbose=args.verbose,
         )
+
+    def measure(trained):
+        """COCO box AP of the held-out images (and the drawings), with the time it took."""
         evaluation = COCOEvaluationCallback(
             validation, info.ground_truth,
             category_ids=info.category_ids,
             max_batches=args.eval_batches,
             results_path=os.path.join(output, "detections.json"),
         )
-        evaluation.set_model(model)
+        evaluation.set_model(trained)
         eval_start = time.perf_counter()
         metrics = evaluation.evaluate()
         eval_seconds = time.perf_counter() - eval_start
-        drawn = draw_examples(model, validation, info, output, args.draw) if args.draw else []
-    model.save_to_preset(os.path.join(output, "preset"), overwrite=True)
+        drawn = draw_examples(trained, validation, info, output, args.draw) if args.draw else []
+        return metrics, eval_seconds, drawn
+
+    preset = os.path.join(output, "preset")
+    if num_processes == 1:
+        with scope():
+            metrics, eval_seconds, drawn = measure(model)
+        model.save_to_preset(preset, overwrite=True)
+    elif is_chief():
+        # Several processes: the trained weights span them all; process 0 measures a copy
+        # of its own, loaded from the preset it writes.
+        model.save_to_preset(preset, overwrite=True)
+        metrics, eval_seconds, drawn = measure(DETR.from_preset(preset))
+    else:
+        print(f"process {process_index()}: trained; process 0 writes the outputs")
+        return {"history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
 
     report = {
         "preset": args.preset,
@@ -277,6 +303,7 @@ def main(argv=None, callbacks=None):
         "backend": keras.backend.backend(),
         "precision": args.precision,
         "num_replicas": num_replicas,
+        "num_processes": num_processes,
         "num_classes": info.num_classes,
         "class_names": list(info.class_names),
         "num_train": info.num_train,

@@ -30,7 +30,10 @@ that an interrupted run resumes from when started again with the same
 arguments (`backup/`), `probes.json` and `probe_accuracy.png` (accuracy by
 layer), `completions.png` and `samples.png`, the final model as a preset
 directory (`preset/`, reload with `ImageGPT.from_preset(path)`; it holds the
-palette) and `report.json`. `--tiny` shrinks everything for a smoke test.
+palette) and `report.json`. `--tiny` shrinks everything for a smoke test. On several
+hosts the same command runs once per host with Keras' `KERAS_DISTRIBUTION_*` variables
+(docs/distribute.md): every process fits the same palette, and process 0 probes, samples
+and writes the outputs.
 
 The default data are the shapes set drawn large and flat on a coloured background
 (`--shape-size 0.6,0.95 --shape-noise 0 --shape-background color`): 4,000 images of
@@ -65,8 +68,9 @@ import numpy as np  # noqa: E402
 
 from recipes._common import (  # noqa: E402
     first_examples,
+    process_output,
     replicas_and_scope,
-    single_process_only,
+    start_processes,
     training_callbacks,
 )
 
@@ -137,7 +141,8 @@ def _parser():
     parser.add_argument("--no-flip", dest="flip", action="store_false",
                         help="no random horizontal flips of the training images")
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=16, help="the global batch size")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="the global batch size (all processes together)")
     parser.add_argument("--learning-rate", type=float, default=2e-3,
                         help="peak learning rate, after the linear warm-up")
     parser.add_argument("--weight-decay", type=float, default=0.01)
@@ -236,15 +241,17 @@ def fit_palette(args, image_size, num_colors):
 
 
 def choose_palette(args, model, output):
-    """The palette of this run and where it came from; also saved as `OUTPUT/palette.npy`.
+    """The palette of this run and where it came from; also saved as `output/palette.npy`.
 
     `--palette auto` fits one for a named preset (random weights: its palette, if
     any, was never trained on) and keeps the palette of a trained preset directory.
+    A resumed run reads the palette saved under `--output`; every process of a
+    multi-process run fits the same one (on the whole training split, same seed).
     """
     from keras_vtx.models.igpt.color_palette import ColorPalette
     from keras_vtx.models.presets import resolve_preset
 
-    saved = os.path.join(output, "palette.npy")
+    saved = os.path.join(args.output, "palette.npy")
     mode = args.palette
     if mode == "auto":
         named = resolve_preset(args.preset)[0] == "name"
@@ -268,7 +275,7 @@ def choose_palette(args, model, output):
             f"{model.palette_size}; pass --num-colors {palette.num_colors} or another --palette."
         )
     os.makedirs(output, exist_ok=True)
-    palette.save(saved)
+    palette.save(os.path.join(output, "palette.npy"))
     return palette, source
 
 
@@ -380,7 +387,8 @@ def main(argv=None, callbacks=None):
         The report written to `OUTPUT/report.json`, as a dict.
     """
     args = parse_args(argv)
-    single_process_only("recipes/igpt_pretrain.py")
+    # Several processes (one per host, KERAS_DISTRIBUTION_*): started before anything runs.
+    start_processes()
     if args.objective == "both":
         return compare_objectives(args, callbacks)
     return train_and_probe(args, callbacks)
@@ -401,8 +409,11 @@ def compare_objectives(args, callbacks=None):
         sub.objective = objective
         sub.output = os.path.join(args.output, objective)
         if objective == "bert":
-            sub.palette = os.path.join(args.output, OBJECTIVES[0], "palette.npy")
+            first = os.path.join(args.output, OBJECTIVES[0])
+            sub.palette = os.path.join(process_output(first), "palette.npy")
         reports[objective] = train_and_probe(sub, callbacks)
+    if "probe_accuracy_by_layer" not in reports[OBJECTIVES[0]]:
+        return reports  # a process other than 0 of several: process 0 compares
     ar, bert = reports["autoregressive"], reports["bert"]
     curves = {"autoregressive": ar["probe_accuracy_by_layer"]}
     if "single_mask_probe_accuracy_by_layer" in bert:
@@ -417,6 +428,7 @@ def compare_objectives(args, callbacks=None):
         "objective": "both",
         "data": args.data,
         "backend": keras.backend.backend(),
+        "num_processes": ar["num_processes"],
         "probe_accuracy_by_layer": {name: dict(curve) for name, curve in curves.items()},
         "best_probe": {name: {"layer": int(max(curve, key=lambda k: (curve[k], -int(k)))),
                               "accuracy": max(curve.values())}
@@ -439,10 +451,13 @@ def train_and_probe(args, callbacks=None):
     keras.config.set_dtype_policy(args.precision)
 
     from keras_vtx.data.palette_sequences import load_palette_data
+    from keras_vtx.distribute import is_chief, process_count, process_index
     from keras_vtx.models.igpt.image_gpt import ImageGPT
 
-    output = args.output
-    num_replicas, scope = replicas_and_scope(args.distribute, args.batch_size)
+    num_processes = process_count()
+    output = process_output(args.output)  # process 0's is --output
+    num_replicas, scope = replicas_and_scope(args.distribute or num_processes > 1,
+                                             args.batch_size)
     overrides = {"objective": args.objective, "mask_rate": args.mask_rate}
     if args.image_size:
         overrides["sequence_length"] = args.image_size ** 2
@@ -484,7 +499,7 @@ def train_and_probe(args, callbacks=None):
             jit_compile={"on": True, "off": False}.get(args.jit_compile, "auto"),
         )
 
-    fit_callbacks, throughput = training_callbacks(output, "val_loss", "min", callbacks)
+    fit_callbacks, throughput = training_callbacks(args.output, "val_loss", "min", callbacks)
     with scope():
         history = model.fit(
             train,
@@ -496,7 +511,16 @@ def train_and_probe(args, callbacks=None):
             verbose=args.verbose,
         )
         results = model.evaluate(validation, return_dict=True, verbose=0)
-    model.save_to_preset(os.path.join(output, "preset"), overwrite=True)
+    preset = os.path.join(output, "preset")
+    if num_processes > 1 and not is_chief():
+        print(f"process {process_index()}: trained; process 0 writes the outputs")
+        return {"loss": float(results["loss"]),
+                "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
+    model.save_to_preset(preset, overwrite=True)
+    if num_processes > 1:
+        # The trained weights span every process: process 0 probes and samples a copy of
+        # its own, loaded from the preset it wrote (its probe examples are from its shard).
+        model = ImageGPT.from_preset(preset)
 
     probe_start = time.perf_counter()
     probes = run_probes(args, model, data, output)
@@ -517,6 +541,7 @@ def train_and_probe(args, callbacks=None):
         "backend": keras.backend.backend(),
         "precision": args.precision,
         "num_replicas": num_replicas,
+        "num_processes": num_processes,
         "image_size": image_size,
         "num_colors": palette.num_colors,
         "palette_source": palette_source,

@@ -188,11 +188,13 @@ def fit_palette(spec_or_dataset="shapes", num_colors=512, image_size=32,
 
     images = spec_or_dataset
     if isinstance(spec_or_dataset, str):
-        # Batches of one so that dropping the last incomplete batch drops nothing.
+        # Batches of one so that dropping the last incomplete batch drops nothing; one
+        # shard, so that every process of a multi-process run fits the same palette.
         data = load_classification_data(spec_or_dataset, image_size=image_size, batch_size=1,
                                          seed=seed, flip=False, padding=0,
                                          validation_split=validation_split,
-                                         shapes_options=shapes_options)
+                                         shapes_options=shapes_options,
+                                         num_shards=1, shard_index=0)
         images = data.train.unbatch().batch(256)
     elif not hasattr(images, "__iter__") and not hasattr(images, "shape"):
         raise ValueError("`spec_or_dataset` must be a data spec string, a tf.data.Dataset, an "

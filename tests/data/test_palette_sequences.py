@@ -97,3 +97,18 @@ def test_fit_palette_on_a_spec_and_on_a_dataset():
     assert fit_palette(dataset, num_colors=5).num_colors == 5
     with pytest.raises(ValueError, match="spec_or_dataset"):
         fit_palette(3)
+
+
+@pytest.mark.parametrize("process", [0, 1])
+def test_every_process_of_several_fits_the_same_palette(monkeypatch, process):
+    # The loaders give each training process its own shard; the palette must not follow
+    # (every process quantises its pixels with it), so it sees the whole training split.
+    from keras_vtx import distribute
+
+    alone = fit_palette("shapes:60", num_colors=8, image_size=8, seed=0)
+    monkeypatch.setattr(distribute, "process_count", lambda: 2)
+    monkeypatch.setattr(distribute, "process_index", lambda: process)
+    shard = load_classification_data("shapes:60", image_size=8, batch_size=2, seed=0)
+    assert sum(len(labels) for _, labels in shard.train) == 24  # half of the 48: a shard
+    together = fit_palette("shapes:60", num_colors=8, image_size=8, seed=0)
+    np.testing.assert_array_equal(together.clusters, alone.clusters)

@@ -1,10 +1,11 @@
-"""A recipe (`vit` or `clip`, the first argument) as two JAX processes on the loopback.
+"""A recipe (`vit`, `clip`, `detr` or `igpt`, the first argument) as two JAX processes.
 
 Run by tests/test_distribute.py. Starts the recipe twice with Keras' KERAS_DISTRIBUTION_*
-variables (a tiny run: 2 steps of a global batch of 8 on 16 x 16 shapes; CLIP from a tiny
-preset written here) and prints "REPORT " + JSON: each process's exit code and final
-summary line, the files left in the output folder and parts of the report. Every process
-is bounded by a timeout and killed if it overruns.
+variables on the loopback (a tiny run: 2 steps of a global batch of 8 on 16 x 16 shapes;
+CLIP from a tiny preset written here; DETR's tiny test preset on 128 x 128 shapes scenes;
+Image GPT's `--tiny` run of both objectives) and prints "REPORT " + JSON: each process's
+exit code and final summary line, the files left in the output folder and parts of the
+report. Every process is bounded by a timeout and killed if it overruns.
 """
 
 import json
@@ -51,6 +52,19 @@ def main(recipe):
         command = [sys.executable, os.path.join(ROOT, "recipes", "vit_classification.py"),
                    *common]
         summary = "final validation"
+    elif recipe == "detr":
+        # 128 x 128 shapes scenes (the recipe's own size), exported once as COCO files
+        # (both processes ask for the same export: it is written atomically).
+        common[common.index("shapes:120")] = "shapes:40"
+        common[common.index("--image-size"):common.index("--epochs")] = []
+        command = [sys.executable, os.path.join(ROOT, "recipes", "detr_detection.py"),
+                   "--preset", "detr_tiny_test", "--max-boxes", "5", "--draw", "1", *common]
+        summary = "COCO box AP"
+    elif recipe == "igpt":
+        # Both objectives in turn (the paper's comparison), each on the same palette.
+        command = [sys.executable, os.path.join(ROOT, "recipes", "igpt_pretrain.py"),
+                   "--tiny", "--objective", "both", "--verbose", "0", "--output", output]
+        summary = "autoregressive: best layer"
     else:
         preset = tiny_clip_preset(os.path.join(tempfile.mkdtemp(prefix="vtx_clip_"), "tiny"))
         command = [sys.executable, os.path.join(ROOT, "recipes", "clip_contrastive.py"),
@@ -79,7 +93,10 @@ def main(recipe):
                                   "num_replicas": report.get("num_replicas"),
                                   "accuracy": report.get("accuracy"),
                                   "zero_shot_accuracy": report.get("zero_shot_accuracy"),
-                                  "loss": report.get("loss")}), flush=True)
+                                  "loss": report.get("loss"),
+                                  "AP50": report.get("AP50"),
+                                  "drawn": report.get("drawn"),
+                                  "best_probe": report.get("best_probe")}), flush=True)
 
 
 if __name__ == "__main__":

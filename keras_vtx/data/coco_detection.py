@@ -68,6 +68,7 @@ from keras_vtx.data.loaded_data import LoadedData, full_batches
 from keras_vtx.data.shapes import export_shapes_coco
 from keras_vtx.data.sources import (
     check_shards,
+    equal_steps,
     positive_int,
     process_sharding,
     shard_deterministically,
@@ -540,11 +541,14 @@ def coco_detection_dataset(
             # image's orientation: the batches per epoch vary. Every shard (as many
             # images each) takes the number it always reaches, so that every process
             # takes as many steps.
-            dataset = dataset.take(grouped_batches_per_shard(len(records["file_names"]),
-                                                             batch_size, num_shards))
+            dataset = equal_steps(dataset, grouped_batches_per_shard(
+                len(records["file_names"]), batch_size, num_shards))
     else:
         dataset = dataset.padded_batch(batch_size, padded_shapes=padded_shapes,
                                        drop_remainder=training)
+        if training and num_shards > 1:  # as many steps in every shard
+            dataset = equal_steps(dataset, len(records["file_names"]) // (
+                batch_size * num_shards))
     if pad_to is None and (pad_buckets or pad_multiple):
         dataset = dataset.map(_pad_to_bucket(pad_buckets, pad_multiple),
                               num_parallel_calls=tf.data.AUTOTUNE)

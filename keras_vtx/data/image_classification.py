@@ -61,12 +61,14 @@ from keras_vtx.data.image_files import image_decoder
 from keras_vtx.data.shapes import generate_shapes
 from keras_vtx.data.sources import (
     check_shards,
+    equal_steps,
     import_tfds,
     positive_int,
     process_sharding,
     shapes_split_sizes,
     shard_deterministically,
     shard_seed,
+    whole_batches_per_shard,
 )
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif")
@@ -149,6 +151,7 @@ def _pipeline(
     if padding is None:
         padding = image_size // 8
 
+    batches = whole_batches_per_shard(source, batch_size, num_shards) if training else None
     dataset = shard_deterministically(source, num_shards, shard_index,
                                       whole_batches_of=batch_size if training else None)
     seed = shard_seed(seed, num_shards, shard_index)
@@ -197,6 +200,7 @@ def _pipeline(
         dataset = dataset.cache()
     dataset = dataset.batch(batch_size, drop_remainder=training,
                             num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = equal_steps(dataset, batches)  # several shards: as many steps each
     augment = _batch_augmenter(training, flip, rand_augment, mixup_alpha, cutmix_alpha,
                                num_classes, one_hot, seed)
     dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)

@@ -453,6 +453,11 @@ def _pair_pipeline(source, decode, *, tokenizer, image_size, batch_size, shuffle
     if drop_remainder is None:
         drop_remainder = bool(shuffle)
 
+    batches = None  # per epoch and shard, with several shards: as many steps each
+    if drop_remainder and num_shards > 1:
+        batches = (take // batch_size if take is not None else None
+                   if captions_per_image == "flatten"
+                   else sources.whole_batches_per_shard(source, batch_size, num_shards))
     dataset = sources.shard_deterministically(
         source, num_shards, shard_index,
         whole_batches_of=batch_size if drop_remainder and captions_per_image != "flatten"
@@ -499,6 +504,7 @@ def _pair_pipeline(source, decode, *, tokenizer, image_size, batch_size, shuffle
     dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder,
                             num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = sources.equal_steps(dataset, batches)
     sequence_length = getattr(tokenizer, "sequence_length", None)
 
     def tokenize(images, captions):

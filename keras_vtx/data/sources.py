@@ -52,6 +52,31 @@ def shard_deterministically(dataset, num_shards, shard_index, whole_batches_of=N
     return dataset.with_options(options)
 
 
+def whole_batches_per_shard(source, batch_size, num_shards):
+    """The training batches every shard of `source` holds after `shard_deterministically`
+    cut it to whole global batches, or None when its size is unknown or it is one shard."""
+    count = int(source.cardinality())
+    if num_shards <= 1 or count < 0:
+        return None
+    return count // (batch_size * num_shards)
+
+
+def equal_steps(dataset, batches):
+    """A shard's batched training data, exactly `batches` batches per epoch (None: as is).
+
+    With several processes every one must take as many steps, but a shard that skipped
+    unreadable files (`bad_files="skip"`) ends short of batches. It tops its epoch up
+    from the start of its next pass (reshuffled like a new epoch), so that no process
+    waits in a collective for a step another never takes. The files stay skipped and
+    counted. A shard whose every file is unreadable yields nothing (tf.data stops
+    repeating an empty dataset); its process then ends the epoch early, which the others
+    wait for: such a data set needs fixing.
+    """
+    if batches is None:
+        return dataset
+    return dataset.repeat().take(batches)
+
+
 def shard_seed(seed, num_shards, shard_index):
     """The shuffling and augmentation seed of one shard: `seed` for shard 0, others apart.
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from keras_vtx.data.bad_file_report import BadFileReport
 from keras_vtx.data.coco_detection import (
     coco_detection_dataset,
     detr_pad_buckets,
@@ -191,6 +192,25 @@ def test_orientation_groups_give_every_shard_the_same_steps(tmp_path):
     assert counts == [2] * 8, counts
     assert grouped_batches_per_shard(12, 2, 2) == 2
     assert grouped_batches_per_shard(12, 2, 1) == 5  # one process: (12 - 2) // 2
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("pad_to, steps", [(None, 2), ((64, 64), 3)])
+def test_a_shard_that_skips_unreadable_images_takes_as_many_steps(tmp_path, pad_to, steps):
+    # Two of shard 0's six images are unreadable: it tops its epochs up from its next
+    # pass, so both shards take the steps of a whole shard (2 orientation-grouped
+    # batches, or 3 padded ones) in every epoch; the two are skipped and counted once.
+    path, root = _write_mixed_orientations(tmp_path)
+    for name in ("0.png", "2.png"):  # shard 0 keeps images 0, 2, 4, ...
+        (root / name).write_bytes(b"not a png")
+    for shard in range(2):
+        report = BadFileReport()
+        dataset, _ = coco_detection_dataset(str(path), str(root), training=True,
+                                            batch_size=2, max_boxes=2, seed=1, num_shards=2,
+                                            shard_index=shard, report=report,
+                                            **{**SMALL, "pad_to": pad_to})
+        assert [len(_batches(dataset)) for _ in range(3)] == [steps] * 3
+        assert report.count == (2 if shard == 0 else 0)
 
 
 @pytest.mark.backend_independent

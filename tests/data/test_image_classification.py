@@ -430,6 +430,29 @@ def test_loaders_shard_the_global_batch_over_processes():
 
 
 @pytest.mark.backend_independent
+def test_a_shard_that_skips_unreadable_files_takes_as_many_steps(tmp_path):
+    # 14 images, a global batch of 4 over two shards: 3 batches of 2 in each. Two files
+    # of shard 0 are unreadable: it tops its epoch up from its next pass, so that both
+    # processes take 3 steps in every epoch (one short would leave the other waiting in
+    # a collective); the two files are skipped and counted, in every epoch.
+    _write_image_folder(tmp_path)
+    paths, _, _ = list_image_files(tmp_path)
+    for path in paths[0:4:2]:  # elements 0 and 2: shard 0 keeps every second from 0
+        with open(path, "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n this is not a real image")
+    for index in range(2):
+        report = BadFileReport()
+        dataset, _ = dataset_from_directory(tmp_path, training=True, image_size=16,
+                                            batch_size=2, num_shards=2, shard_index=index,
+                                            report=report)
+        for _ in range(2):
+            batches = _batches(dataset)
+            assert [len(y) for _, y in batches] == [2, 2, 2]
+        assert report.count == (2 if index == 0 else 0)
+        assert int(dataset.cardinality()) == 3
+
+
+@pytest.mark.backend_independent
 def test_one_process_means_one_shard():
     from keras_vtx.data.sources import process_sharding
 

@@ -289,6 +289,30 @@ def test_corrupt_and_missing_files_are_skipped_counted_and_named(tmp_path, caplo
 
 
 @pytest.mark.backend_independent
+@pytest.mark.parametrize("captions_per_image, steps", [("sample", 3), ("flatten", 3)])
+def test_a_shard_that_skips_unreadable_files_takes_as_many_steps(tmp_path, captions_per_image,
+                                                                steps):
+    # 12 images, a global batch of 4 over two shards: 3 batches of 2 pairs in each (one
+    # caption per image). Two of shard 0's files are unreadable: it tops its epochs up
+    # from its next pass, so that both take 3 steps in every epoch.
+    names = _write_pngs(tmp_path, [10 * i + 5 for i in range(12)])
+    for name in names[0:4:2]:  # images 0 and 2: shard 0 keeps 0, 2, 4, ...
+        (tmp_path / name).write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    paths = [str(tmp_path / n) for n in names]
+    captions = [[f"picture {i}"] for i in range(12)]
+    for shard in range(2):
+        report = BadFileReport()
+        dataset = dataset_from_pairs(paths, captions, TOKENIZER, image_size=8, batch_size=2,
+                                     captions_per_image=captions_per_image, num_shards=2,
+                                     shard_index=shard, report=report, seed=0)
+        for _ in range(2):
+            batches = _batches(dataset)
+            assert len(batches) == steps
+            assert all(i % 2 == shard for i in _check_pairs(batches, captions))
+        assert report.count == (2 if shard == 0 else 0)
+
+
+@pytest.mark.backend_independent
 def test_bad_files_raise_names_the_file(tmp_path):
     names = _write_pngs(tmp_path, [50, 60])
     paths = [str(tmp_path / n) for n in names] + [str(tmp_path / "gone.png")]

@@ -18,7 +18,8 @@ directory (`preset/`, reload with `CLIP.from_preset(path)`) and `report.json`.
 
 The defaults (the pico preset, 3,300 shapes, 30 epochs of 23 steps of 128
 pairs, 16-token context) were measured with TensorFlow on 2 CPU cores: 11.5 min
-of wall time, zero-shot accuracy 0.897 on the 330 held-out images (six shape
+of wall time on busy cores (5.8 min on idle ones, 2026-12-07, every figure the same),
+zero-shot accuracy 0.897 on the 330 held-out images (six shape
 classes, chance 0.17; top-5 1.0), validation loss 0.54 (ln 128 = 4.85 at
 chance), recall@1 0.52 both ways and recall@5 0.96 (many captions of the shapes
 set are identical, which caps recall@1). As in the paper, the report also holds

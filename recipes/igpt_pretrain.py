@@ -44,7 +44,7 @@ steps); on the dark background the pooled input embeddings alone separated the c
 colour is the shape changes from image to image, leaves the shape to the transformer.
 Measured with TensorFlow on 2 CPU cores, the defaults (`igpt_pico_shapes`, 0.83M
 parameters, 16 colours, 12 epochs of 200 steps of 16): 14.3 min of wall time on cores
-shared with other work, 0.078 validation bits per dimension (a uniform guess over 16
+shared with other work (8.1 min on idle ones, the same figures), 0.078 validation bits per dimension (a uniform guess over 16
 colours: 1.33); completions continue the given shapes. The probes peak inside the
 network: 0.18 at the embeddings (chance 0.17), 0.82 at block 1, 0.70-0.73 at blocks 2-4
 (docs/igpt.md, "What the default measures").
@@ -256,7 +256,7 @@ def choose_palette(args, model, output):
     if mode == "auto":
         named = resolve_preset(args.preset)[0] == "name"
         mode = "preset" if model.palette is not None and not named else "fit"
-    if _resuming(output) and os.path.exists(saved) and mode in ("fit", "preset"):
+    if _resuming(args.output) and os.path.exists(saved) and mode in ("fit", "preset"):
         # The interrupted run's palette: the weights being restored were trained on it.
         palette, source = ColorPalette.load(saved), "resumed"
     elif mode == "preset":

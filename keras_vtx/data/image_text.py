@@ -455,9 +455,10 @@ def _pair_pipeline(source, decode, *, tokenizer, image_size, batch_size, shuffle
 
     batches = None  # per epoch and shard, with several shards: as many steps each
     if drop_remainder and num_shards > 1:
-        batches = (take // batch_size if take is not None else None
-                   if captions_per_image == "flatten"
-                   else sources.whole_batches_per_shard(source, batch_size, num_shards))
+        if captions_per_image != "flatten":
+            batches = sources.whole_batches_per_shard(source, batch_size, num_shards)
+        elif take is not None:
+            batches = take // batch_size
     dataset = sources.shard_deterministically(
         source, num_shards, shard_index,
         whole_batches_of=batch_size if drop_remainder and captions_per_image != "flatten"

@@ -85,6 +85,27 @@ def replicas_and_scope(enabled, batch_size):
     return num_replicas, scope
 
 
+def measure_and_save(model, preset, measure, scope):
+    """Saves the trained `model` as a preset at `preset` and returns `measure(model)`.
+
+    In one process `measure` runs on `model` itself, in `scope()`. With several
+    processes the trained weights span them all: process 0 saves the preset and
+    measures a copy loaded from it; the others save and measure nothing and get None.
+    """
+    from keras_vtx.distribute import is_chief, process_count, process_index
+
+    if process_count() == 1:
+        with scope():
+            result = measure(model)
+        model.save_to_preset(preset, overwrite=True)
+        return result
+    if not is_chief():
+        print(f"process {process_index()}: trained; process 0 writes the outputs")
+        return None
+    model.save_to_preset(preset, overwrite=True)
+    return measure(type(model).from_preset(preset))
+
+
 _PROCESS_OUTPUTS = {}
 
 

@@ -47,6 +47,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from recipes._common import (  # noqa: E402
+    measure_and_save,
     replicas_and_scope,
     start_processes,
     training_callbacks,
@@ -208,7 +209,6 @@ def main(argv=None, callbacks=None):
     keras.config.set_dtype_policy(args.precision)
 
     from keras_vtx.data import load_pair_data
-    from keras_vtx.distribute import is_chief, process_index
     from keras_vtx.metrics import retrieval_recall
     from keras_vtx.models.clip import CLIP
     from keras_vtx.models.clip.clip_tokenizer import CLIPTokenizer
@@ -285,20 +285,11 @@ def main(argv=None, callbacks=None):
                                       templates)
         return recall, zero_shot, paper
 
-    preset = os.path.join(output, "preset")
-    if num_processes == 1:
-        with scope():
-            recall, zero_shot, paper = analyse(model)
-        model.save_to_preset(preset, overwrite=True)
-    elif is_chief():
-        # Several processes: the trained weights span them all; process 0 measures a copy
-        # of its own, loaded from the preset it writes.
-        model.save_to_preset(preset, overwrite=True)
-        recall, zero_shot, paper = analyse(CLIP.from_preset(preset))
-    else:
-        print(f"process {process_index()}: trained; process 0 writes the outputs")
+    measured = measure_and_save(model, os.path.join(output, "preset"), analyse, scope)
+    if measured is None:  # a process other than 0 of several: process 0 writes the outputs
         return {"loss": loss, "history": {k: [float(v) for v in vs]
                                           for k, vs in history.history.items()}}
+    recall, zero_shot, paper = measured
 
     report = {
         "preset": args.preset,

@@ -54,6 +54,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from recipes._common import (  # noqa: E402
+    measure_and_save,
     replicas_and_scope,
     start_processes,
     training_callbacks,
@@ -193,7 +194,6 @@ def main(argv=None, callbacks=None):
     keras.config.set_dtype_policy(args.precision)
 
     from keras_vtx.data import load_detection_data
-    from keras_vtx.distribute import is_chief, process_index
     from keras_vtx.metrics import COCOEvaluationCallback
     from keras_vtx.models import DETR, get_preset, list_presets
 
@@ -283,19 +283,10 @@ def main(argv=None, callbacks=None):
         drawn = draw_examples(trained, validation, info, output, args.draw) if args.draw else []
         return metrics, eval_seconds, drawn
 
-    preset = os.path.join(output, "preset")
-    if num_processes == 1:
-        with scope():
-            metrics, eval_seconds, drawn = measure(model)
-        model.save_to_preset(preset, overwrite=True)
-    elif is_chief():
-        # Several processes: the trained weights span them all; process 0 measures a copy
-        # of its own, loaded from the preset it writes.
-        model.save_to_preset(preset, overwrite=True)
-        metrics, eval_seconds, drawn = measure(DETR.from_preset(preset))
-    else:
-        print(f"process {process_index()}: trained; process 0 writes the outputs")
+    measured = measure_and_save(model, os.path.join(output, "preset"), measure, scope)
+    if measured is None:  # a process other than 0 of several: process 0 writes the outputs
         return {"history": {k: [float(v) for v in vs] for k, vs in history.history.items()}}
+    metrics, eval_seconds, drawn = measured
 
     report = {
         "preset": args.preset,

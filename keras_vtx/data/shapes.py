@@ -74,6 +74,39 @@ def _shape_mask(shape, dx, dy, radius):
     raise ValueError(f"Unknown shape {shape!r}; expected one of {SHAPE_CLASSES}.")
 
 
+BACKGROUNDS = ("dark", "color", "field")
+# The colour field's octaves: random colours on grids of 4 x 4 and 8 x 8 cells, the finer
+# one at half the amplitude, upsampled to the image and summed around a mid-dark grey.
+FIELD_OCTAVES = ((4, 1.0), (8, 0.5))
+
+
+def _bicubic_matrix(cells, size):
+    """`(size, cells)` weights that upsample `cells` samples to `size` pixels.
+
+    Keys' cubic kernel (a = -0.5) with half-pixel centres, the weights of taps
+    outside the grid dropped and each row renormalised: `tf.image.resize(...,
+    method="bicubic")` without TensorFlow (the same numbers when `size` is a
+    multiple of `cells`; within 1e-3 otherwise).
+    """
+    position = (np.arange(size) + 0.5) * cells / size - 0.5
+    d = np.abs(position[:, None] - np.arange(cells)[None, :])
+    a = -0.5
+    weights = np.where(d <= 1, (a + 2) * d**3 - (a + 3) * d**2 + 1,
+                       np.where(d < 2, a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a, 0.0))
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def _color_field(rng, size):
+    """A smooth random colour image `(size, size, 3)`: neighbouring pixels alike,
+    distant ones not (as in natural images, unlike a flat background)."""
+    field = np.zeros((size, size, 3))
+    for cells, amplitude in FIELD_OCTAVES:
+        grid = rng.uniform(-1.0, 1.0, size=(cells, cells, 3))
+        upsample = _bicubic_matrix(cells, size)
+        field += amplitude * np.einsum("yi,ijc,xj->yxc", upsample, grid, upsample)
+    return np.clip(80.0 + 60.0 * field, 0.0, 255.0)
+
+
 def _check_int(name, value, minimum):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"`{name}` must be an int >= {minimum}; received {value!r}.")
@@ -111,9 +144,13 @@ def generate_shapes(
         classes: the shape names to draw from, a subset of `SHAPE_CLASSES`;
             labels index into this tuple.
         background: `"dark"` (a random dark grey-ish colour, far from every
-            shape colour) or `"color"` (one of the named colours, and the
+            shape colour), `"color"` (one of the named colours, and the
             shapes in other named colours, so that which colour is the shape
-            and which the background differs from image to image).
+            and which the background differs from image to image) or
+            `"field"` (a smooth random colour field, two octaves of random
+            colours on 4 x 4 and 8 x 8 grids upsampled bicubically: neighbouring
+            patches alike and distant ones not, as in natural images; over it
+            ViT's masked patch prediction learns local heads, docs/vit.md).
 
     Returns:
         A dict with
@@ -148,8 +185,10 @@ def generate_shapes(
         )
     if noise < 0:
         raise ValueError(f"`noise` must be >= 0; received {noise!r}.")
-    if background not in ("dark", "color"):
-        raise ValueError(f"`background` must be 'dark' or 'color'; received {background!r}.")
+    if background not in BACKGROUNDS:
+        raise ValueError(
+            f"`background` must be 'dark', 'color' or 'field'; received {background!r}."
+        )
     classes = tuple(classes)
     unknown = [c for c in classes if c not in SHAPE_CLASSES]
     if not classes or unknown:
@@ -174,6 +213,8 @@ def generate_shapes(
         if background == "color":
             background_color = int(rng.integers(len(COLOR_NAMES)))
             images[i] = _COLOR_VALUES[background_color]
+        elif background == "field":
+            images[i] = _color_field(rng, s)
         count = int(rng.integers(min_shapes, max_shapes + 1))
         taken = np.zeros((s, s), bool)  # previous boxes, grown by a 1-pixel margin
         phrases = []

@@ -62,7 +62,7 @@ def test_pairs_jsonl_with_invalid_utf8_names_file_and_line(tmp_path):
 
 
 def test_shapes_background_is_checked_and_differs_from_every_shape():
-    with pytest.raises(ValueError, match=r"`background` must be 'dark' or 'color'; received "
+    with pytest.raises(ValueError, match=r"`background` must be 'dark', 'color' or 'field'; received "
                                          r"'blue'"):
         generate_shapes(2, background="blue")
     data = generate_shapes(50, image_size=16, noise=0, background="color", max_shapes=2,

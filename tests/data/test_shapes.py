@@ -154,3 +154,39 @@ def test_classes_subset_labels_index_it():
 def test_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         generate_shapes(**kwargs)
+
+
+@pytest.mark.backend_independent
+def test_field_upsampling_is_tensorflows_bicubic_resize():
+    import tensorflow as tf
+
+    from keras_vtx.data.shapes import _bicubic_matrix
+
+    for cells, size in ((4, 32), (8, 32), (8, 64)):
+        grid = np.random.default_rng(cells).uniform(-1, 1, (cells, cells, 3))
+        upsample = _bicubic_matrix(cells, size)
+        ours = np.einsum("yi,ijc,xj->yxc", upsample, grid, upsample)
+        reference = tf.image.resize(grid[None].astype("float32"), (size, size), "bicubic")
+        np.testing.assert_allclose(ours, reference.numpy()[0], atol=1e-5)
+
+
+@pytest.mark.backend_independent
+def test_field_background_is_smooth_random_and_leaves_shapes_exact():
+    data = generate_shapes(40, image_size=32, noise=0.0, background="field", seed=2)
+    again = generate_shapes(40, image_size=32, noise=0.0, background="field", seed=2)
+    np.testing.assert_array_equal(data["images"], again["images"])
+    images = data["images"].astype("float32")
+    palette = np.array(list(COLORS.values()), "float32")
+    shape = np.all(images[..., None, :] == palette, axis=-1).any(-1)
+    for mask, box in zip(shape, data["boxes"][:, 0]):
+        # The drawn shape is the only named-colour region and its box bounds it.
+        np.testing.assert_allclose(_pixel_box(mask), box, atol=1e-6)
+    # Neighbouring background pixels are alike, distant ones are not (a flat background
+    # would give 0 for both, white noise the same for both).
+    background = ~shape
+    near = np.abs(images[:, :, 1:] - images[:, :, :-1])[background[:, :, 1:] & background[:, :, :-1]]
+    far = np.abs(images[:, :, 16:] - images[:, :, :-16])[background[:, :, 16:]
+                                                         & background[:, :, :-16]]
+    assert near.mean() * 4 < far.mean(), (near.mean(), far.mean())
+    corners = images[:, 0, 0]
+    assert np.std(corners, axis=0).min() > 10  # the field differs from image to image

@@ -73,6 +73,7 @@ from keras_vtx.data.sources import (
     process_sharding,
     shard_deterministically,
     shard_seed,
+    whole_batches_per_shard,
 )
 from keras_vtx.data.text_files import utf8_error
 
@@ -475,6 +476,7 @@ def coco_detection_dataset(
                 np.concatenate(records["labels"] + [np.zeros((0,), "int32")]), lengths),
         },
     ))
+    batches = whole_batches_per_shard(source, batch_size, num_shards) if training else None
     dataset = shard_deterministically(source, num_shards, shard_index,
                                       whole_batches_of=batch_size if training else None)
     seed = shard_seed(seed, num_shards, shard_index)
@@ -546,9 +548,7 @@ def coco_detection_dataset(
     else:
         dataset = dataset.padded_batch(batch_size, padded_shapes=padded_shapes,
                                        drop_remainder=training)
-        if training and num_shards > 1:  # as many steps in every shard
-            dataset = equal_steps(dataset, len(records["file_names"]) // (
-                batch_size * num_shards))
+        dataset = equal_steps(dataset, batches)  # several shards: as many steps each
     if pad_to is None and (pad_buckets or pad_multiple):
         dataset = dataset.map(_pad_to_bucket(pad_buckets, pad_multiple),
                               num_parallel_calls=tf.data.AUTOTUNE)

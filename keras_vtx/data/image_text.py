@@ -400,7 +400,7 @@ def dataset_from_pairs(
         source = tf.data.Dataset.from_tensor_slices((images, ragged))
         decode = None
     num_elements = len(flat) if captions_per_image == "flatten" else len(caption_lists)
-    take = None
+    flattened_batches = None
     if captions_per_image == "flatten" and (shuffle if drop_remainder is None
                                             else drop_remainder):
         # Shards of images hold different numbers of captions: every shard takes the
@@ -408,13 +408,13 @@ def dataset_from_pairs(
         # so every process takes as many steps.
         shards = sources.check_shards(num_shards, shard_index)
         if shards > 1:
-            take = flattened_pairs_per_shard(lengths, shards) // batch_size * batch_size
+            flattened_batches = flattened_pairs_per_shard(lengths, shards) // batch_size
     return _pair_pipeline(
         source, decode, tokenizer=tokenizer, image_size=image_size, batch_size=batch_size,
         shuffle=shuffle, augment=augment, captions_per_image=captions_per_image,
         crop_scale=crop_scale, seed=seed, drop_remainder=drop_remainder,
         shuffle_buffer=shuffle_buffer or num_elements, num_shards=num_shards,
-        shard_index=shard_index, take=take,
+        shard_index=shard_index, flattened_batches=flattened_batches,
     )
 
 
@@ -430,12 +430,13 @@ def flattened_pairs_per_shard(lengths, num_shards):
 
 def _pair_pipeline(source, decode, *, tokenizer, image_size, batch_size, shuffle, augment,
                    captions_per_image, crop_scale, seed, drop_remainder, shuffle_buffer,
-                   num_shards, shard_index, drop_uncaptioned=False, take=None):
+                   num_shards, shard_index, drop_uncaptioned=False, flattened_batches=None):
     """Turns an unbatched `(image_or_path, captions)` dataset (captions 1-D) into batches.
 
     `drop_uncaptioned` filters out images without captions (streamed sources; the
-    in-memory ones are checked up front and keep a known cardinality). `take`: how
-    many elements of this shard to batch each epoch (after shuffling), or None for all.
+    in-memory ones are checked up front and keep a known cardinality).
+    `flattened_batches`: with `"flatten"` and several shards, the batches of pairs
+    every shard takes each epoch (None: unknown, all).
     """
     image_size = sources.positive_int("image_size", image_size)
     batch_size = sources.positive_int("batch_size", batch_size)
@@ -457,8 +458,8 @@ def _pair_pipeline(source, decode, *, tokenizer, image_size, batch_size, shuffle
     if drop_remainder and num_shards > 1:
         if captions_per_image != "flatten":
             batches = sources.whole_batches_per_shard(source, batch_size, num_shards)
-        elif take is not None:
-            batches = take // batch_size
+        else:
+            batches = flattened_batches
     dataset = sources.shard_deterministically(
         source, num_shards, shard_index,
         whole_batches_of=batch_size if drop_remainder and captions_per_image != "flatten"
@@ -474,8 +475,6 @@ def _pair_pipeline(source, decode, *, tokenizer, image_size, batch_size, shuffle
     if shuffle:
         dataset = dataset.shuffle(shuffle_buffer or 10_000, seed=seed,
                                   reshuffle_each_iteration=True)
-    if take is not None:
-        dataset = dataset.take(take)
     if decode is not None:
         dataset = decode(dataset)
 

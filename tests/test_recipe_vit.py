@@ -22,10 +22,20 @@ def test_recipe_resumes_reports_and_saves_a_reloadable_preset(tmp_path):
     # are tested here.
     tiny = tmp_path / "tiny_preset"
     ViTClassifier(ViTBackbone(image_size=32, patch_size=8, num_layers=1, hidden_dim=16,
-                              num_heads=2, mlp_dim=32), num_classes=6).save_to_preset(str(tiny))
+                              num_heads=2, mlp_dim=32), num_classes=6,
+                  include_preprocessing=True).save_to_preset(str(tiny))
     argv = ["--preset", str(tiny), "--data", "shapes:96", "--epochs", "2", "--steps-per-epoch", "2",
-            "--batch-size", "16", "--output", str(output), "--verbose", "0", "--distribute"]
+            "--batch-size", "16", "--output", str(output), "--verbose", "0", "--distribute",
+            "--pretrain-epochs", "2"]
     report = run_two_epochs(recipe, argv, output, RESUME_ON_THIS_BACKEND)
+    # Masked patch prediction ran first, on the colour-field shapes, and a resumed run
+    # reused its backbone (the same record) instead of pretraining again.
+    with open(output / "pretrain" / "report.json") as f:
+        pretrained = json.load(f)
+    assert {k: report[k] for k in pretrained} == pretrained
+    assert len(report["pretrain_patch_accuracy"]) == 2 and report["freeze_embeddings"]
+    assert report["pretrain_data"] == "shapes:96 (background field)"
+    assert np.isfinite(report["pretrain_loss"]).all()
 
     with open(output / "report.json") as f:
         written = json.load(f)
@@ -72,6 +82,19 @@ def test_recipe_rejects_bad_flags(tmp_path):
         recipe.parse_args(["--precision", "float8"])
     args = recipe.parse_args([])
     assert (args.preset, args.data, args.precision) == ("vit_pico_patch4_32", "shapes", "float32")
+    # Pretraining and frozen embeddings by default on the shapes set only.
+    assert (args.pretrain_epochs, args.freeze_embeddings) == (recipe.PRETRAIN_EPOCHS, "yes")
+    args = recipe.parse_args(["--data", "dir:/data"])
+    assert (args.pretrain_epochs, args.freeze_embeddings) == (0, "no")
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--pretrain-mask-rate", "1.5"])
+    untransformed = tmp_path / "raw"
+    ViTClassifier(ViTBackbone(image_size=32, patch_size=8, num_layers=1, hidden_dim=16,
+                              num_heads=2, mlp_dim=32), num_classes=6).save_to_preset(
+        str(untransformed))
+    with pytest.raises(ValueError, match="--pretrain-epochs needs a preset that takes raw"):
+        recipe.main(["--preset", str(untransformed), "--data", "shapes:96", "--epochs", "1",
+                     "--output", str(tmp_path / "out"), "--verbose", "0"])
 
 
 def test_augmentation_choices():

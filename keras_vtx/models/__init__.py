@@ -18,7 +18,13 @@ from keras_vtx.models.presets import (
     unregister_preset,
 )
 from keras_vtx.models.task import Task
-from keras_vtx.models.vit import ScalingViTAdafactor, ViTBackbone, ViTClassifier, vit_config
+from keras_vtx.models.vit import (
+    ScalingViTAdafactor,
+    ViTBackbone,
+    ViTClassifier,
+    ViTMaskedPatchPredictor,
+    vit_config,
+)
 
 __all__ = [
     "Backbone",
@@ -36,6 +42,7 @@ __all__ = [
     "Task",
     "ViTBackbone",
     "ViTClassifier",
+    "ViTMaskedPatchPredictor",
     "ZeroShotClassifier",
     "generate_pixel_ids",
     "get_preset",

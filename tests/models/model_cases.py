@@ -18,6 +18,7 @@ from keras_vtx.models import (
     ResNetBackbone,
     ViTBackbone,
     ViTClassifier,
+    ViTMaskedPatchPredictor,
 )
 from tests.test_case import ModelCase
 
@@ -79,6 +80,10 @@ CASES = [
                                     head_initializer="glorot_uniform"),
               images, targets=lambda: np.array([0, 2]),
               override={"head_dropout": 0.1, "backbone_config": {"dropout": 0.1}},
+              no_gradient=("key/bias",)),
+    ModelCase("vit_masked_patch_predictor", ViTMaskedPatchPredictor,
+              lambda: ViTMaskedPatchPredictor(ViTBackbone(**TINY_VIT), seed=0), images,
+              override={"mask_rate": 0.3, "backbone_config": {"dropout": 0.1}},
               no_gradient=("key/bias",)),
     ModelCase("clip_text_encoder", CLIPTextEncoder, lambda: CLIPTextEncoder(**TINY_TEXT),
               token_ids, override={"dropout": 0.1}, no_gradient=("key/bias",)),

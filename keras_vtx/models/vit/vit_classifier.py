@@ -103,6 +103,16 @@ class ViTClassifier(Task):
         )
         self.class_names = class_names
 
+    @classmethod
+    def _adopt(cls, model, preset, task_kwargs, backbone_kwargs):
+        backbone = getattr(model, "backbone", None)
+        if not isinstance(model, cls) and isinstance(backbone, ViTBackbone):
+            # Another ViT task (a `ViTMaskedPatchPredictor`, which takes raw pixels):
+            # its backbone and normalisation under a fresh head.
+            inherited = {"include_preprocessing": True, "mean": model.mean, "std": model.std}
+            return cls(backbone=backbone, **{**inherited, **task_kwargs})
+        return super()._adopt(model, preset, task_kwargs, backbone_kwargs)
+
     def compile(
         self,
         optimizer="auto",

@@ -4,7 +4,7 @@ import warnings
 
 import keras
 
-from keras_vtx.backend import build_optimizer_before_tracing
+from keras_vtx.backend import build_optimizer_before_tracing, default_jit_compile
 from keras_vtx.models import presets
 from keras_vtx.models.backbone import (
     Backbone,
@@ -26,6 +26,40 @@ class OptimizerBuiltBeforeFit:
     def fit(self, *args, **kwargs):
         build_optimizer_before_tracing(self)
         return super().fit(*args, **kwargs)
+
+
+class ObjectiveLoss:
+    """Mixin of tasks whose loss is their own objective (`ImageGPT`, `ViTMaskedPatchPredictor`).
+
+    `compile` takes no other loss and no sample weights, and compiles the training
+    step with XLA by default where the backend has it; the subclass states what its
+    loss is (`objective_description`) and computes it in `objective_loss(x, y_pred)`.
+    """
+
+    objective_description = "its objective"
+
+    def compile_objective(self, optimizer, loss, metrics, jit_compile, **kwargs):
+        """`keras.Model.compile` with the objective's loss; `loss` must be `"auto"`."""
+        if loss != "auto":
+            raise ValueError(
+                f"{type(self).__name__}'s loss is {self.objective_description}: `loss` must "
+                f"be 'auto'; received {loss!r}."
+            )
+        if jit_compile == "auto":
+            jit_compile = default_jit_compile()
+        keras.Model.compile(self, optimizer=optimizer, loss=None, metrics=metrics,
+                            jit_compile=jit_compile, **kwargs)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        del y, training  # labels, when the data set has them, are ignored
+        if sample_weight is not None:
+            raise ValueError(
+                f"{type(self).__name__}'s loss takes no `sample_weight`; received a value."
+            )
+        loss = self.objective_loss(x, y_pred)
+        for extra in self.losses:
+            loss = loss + keras.ops.cast(keras.ops.sum(extra), "float32")
+        return loss
 
 
 class TaskPresets:

@@ -4,11 +4,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_vtx import backend
 from keras_vtx.layers.flat_dense import apply_flat
 from keras_vtx.models.igpt import image_gpt_presets  # noqa: F401  (registers the presets)
 from keras_vtx.models.igpt.image_gpt_backbone import INITIALIZER_RANGE, ImageGPTBackbone
-from keras_vtx.models.task import OptimizerBuiltBeforeFit, TaskPresets
+from keras_vtx.models.task import ObjectiveLoss, OptimizerBuiltBeforeFit, TaskPresets
 from keras_vtx.models.token_ids import CheckedTokenIds, check_token_ids
 from keras_vtx.models.training_defaults import adamw, no_decay_variables
 
@@ -61,7 +60,8 @@ def _as_palette(palette):
 
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
-class ImageGPT(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
+class ImageGPT(CheckedTokenIds, ObjectiveLoss, OptimizerBuiltBeforeFit, TaskPresets,
+               keras.Model):
     """Image GPT (Chen et al. 2020): generative pre-training on sequences of palette ids.
 
     An `ImageGPTBackbone` and an output head over the `K` palette colours, not
@@ -114,6 +114,7 @@ class ImageGPT(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, keras.Mode
     """
 
     backbone_cls = ImageGPTBackbone
+    objective_description = "its objective's negative log-likelihood"
 
     def __init__(self, backbone, palette=None, objective="autoregressive", mask_rate=0.15,
                  seed=None, dtype=None, **kwargs):
@@ -274,19 +275,11 @@ class ImageGPT(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, keras.Mode
                 TensorFlow and JAX; PyTorch runs eagerly. A bool is passed on.
             **kwargs: passed to `keras.Model.compile`.
         """
-        if loss != "auto":
-            raise ValueError(
-                "ImageGPT's loss is its objective's negative log-likelihood: `loss` must be "
-                f"'auto'; received {loss!r}."
-            )
         if optimizer == "auto":
             optimizer = adamw(self, learning_rate, total_steps, warmup_steps, weight_decay,
                               NO_DECAY_NAMES, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
                               global_clipnorm=global_clipnorm)
-        if jit_compile == "auto":
-            jit_compile = backend.default_jit_compile()
-        super().compile(optimizer=optimizer, loss=None, metrics=metrics,
-                        jit_compile=jit_compile, **kwargs)
+        self.compile_objective(optimizer, loss, metrics, jit_compile, **kwargs)
 
     def no_decay_variables(self):
         """Variables without weight decay: gains, biases and the embeddings."""
@@ -308,16 +301,8 @@ class ImageGPT(CheckedTokenIds, OptimizerBuiltBeforeFit, TaskPresets, keras.Mode
         weights = ops.cast(y_pred["mask"], "float32")
         return ops.sum(nll * weights) / ops.maximum(ops.sum(weights), 1.0)
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        del y, training  # labels, when the data set has them, are ignored
-        if sample_weight is not None:
-            raise ValueError(
-                "ImageGPT's loss takes no `sample_weight`; received a value."
-            )
-        loss = self._objective_nll(x, y_pred)
-        for extra in self.losses:
-            loss = loss + ops.cast(ops.sum(extra), "float32")
-        return loss
+    def objective_loss(self, x, y_pred):
+        return self._objective_nll(x, y_pred)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if isinstance(y_pred, dict):

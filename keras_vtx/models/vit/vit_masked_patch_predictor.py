@@ -1,11 +1,10 @@
 import keras
 from keras import ops
 
-from keras_vtx import backend
 from keras_vtx.layers import ImageNormalization
 from keras_vtx.layers.flat_dense import apply_flat
 from keras_vtx.models.backbone import Backbone, get_model_class
-from keras_vtx.models.task import OptimizerBuiltBeforeFit, TaskPresets
+from keras_vtx.models.task import ObjectiveLoss, OptimizerBuiltBeforeFit, TaskPresets
 from keras_vtx.models.training_defaults import adamw
 from keras_vtx.models.vit.vit_backbone import ViTBackbone
 from keras_vtx.models.vit.vit_classifier import NO_DECAY_NAMES
@@ -16,7 +15,7 @@ PAPER_CORRUPTION = (0.8, 0.1, 0.1)
 
 
 @keras.saving.register_keras_serializable(package="keras_vtx")
-class ViTMaskedPatchPredictor(OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
+class ViTMaskedPatchPredictor(ObjectiveLoss, OptimizerBuiltBeforeFit, TaskPresets, keras.Model):
     """ViT's self-supervised pre-training: masked patch prediction (ViT paper, section 4.6).
 
     A share `mask_rate` of each image's patches is corrupted and the model
@@ -70,6 +69,7 @@ class ViTMaskedPatchPredictor(OptimizerBuiltBeforeFit, TaskPresets, keras.Model)
     """
 
     backbone_cls = ViTBackbone
+    objective_description = "the cross-entropy of the corrupted patches' colours"
 
     def __init__(self, backbone, mask_rate=0.5, corruption=PAPER_CORRUPTION, color_bits=3,
                  mask_value=127.5, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), seed=None,
@@ -248,18 +248,10 @@ class ViTMaskedPatchPredictor(OptimizerBuiltBeforeFit, TaskPresets, keras.Model)
                 TensorFlow and JAX; PyTorch runs eagerly. A bool is passed on.
             **kwargs: passed to `keras.Model.compile`.
         """
-        if loss != "auto":
-            raise ValueError(
-                "ViTMaskedPatchPredictor's loss is the cross-entropy of the corrupted "
-                f"patches' colours: `loss` must be 'auto'; received {loss!r}."
-            )
         if optimizer == "auto":
             optimizer = adamw(self, learning_rate, total_steps, warmup_steps, weight_decay,
                               NO_DECAY_NAMES, global_clipnorm=global_clipnorm)
-        if jit_compile == "auto":
-            jit_compile = backend.default_jit_compile()
-        super().compile(optimizer=optimizer, loss=None, metrics=metrics,
-                        jit_compile=jit_compile, **kwargs)
+        self.compile_objective(optimizer, loss, metrics, jit_compile, **kwargs)
 
     def _masked_nll_and_hits(self, y_pred):
         logits = ops.cast(y_pred["logits"], "float32")
@@ -271,16 +263,9 @@ class ViTMaskedPatchPredictor(OptimizerBuiltBeforeFit, TaskPresets, keras.Model)
         count = ops.maximum(ops.sum(weights), 1.0)
         return ops.sum(nll * weights) / count, ops.sum(hits * weights) / count, count
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        del x, y, training  # the targets come from the images; labels are ignored
-        if sample_weight is not None:
-            raise ValueError(
-                "ViTMaskedPatchPredictor's loss takes no `sample_weight`; received a value."
-            )
-        loss = self._masked_nll_and_hits(y_pred)[0]
-        for extra in self.losses:
-            loss = loss + ops.cast(ops.sum(extra), "float32")
-        return loss
+    def objective_loss(self, x, y_pred):
+        del x  # the targets come from the images, in `y_pred`
+        return self._masked_nll_and_hits(y_pred)[0]
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         y_pred = {k: ops.stop_gradient(v) for k, v in y_pred.items()}

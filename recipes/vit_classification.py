@@ -288,6 +288,9 @@ def main(argv=None, callbacks=None):
 
     num_replicas, scope = replicas_and_scope(args.distribute or num_processes > 1,
                                              args.batch_size)
+    if args.pretrain_epochs and args.pretrain_batch_size % num_replicas:
+        raise ValueError(f"--pretrain-batch-size {args.pretrain_batch_size} must be divisible "
+                         f"by the {num_replicas} replicas.")
     data = load_classification_data(
         args.data, image_size=args.image_size, batch_size=args.batch_size, seed=args.seed,
         validation_split=args.validation_split,

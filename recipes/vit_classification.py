@@ -193,6 +193,25 @@ def attention_distances(preset, validation, output, count=64):
     return result
 
 
+def schedule(args, data, dataset, epochs, batch_flag):
+    """`(dataset, steps_per_epoch, total_steps, warmup_steps)` of one training phase.
+
+    One pass over `data` per epoch, or `--steps-per-epoch` batches of an endless
+    stream; raises `ValueError` when the training images make no full batch.
+    """
+    steps_per_epoch = args.steps_per_epoch or data.steps_per_epoch
+    if steps_per_epoch <= 0:
+        raise ValueError(
+            f"{data.num_train} training images make no full batch of {data.batch_size}; "
+            f"lower {batch_flag}."
+        )
+    if args.steps_per_epoch:
+        # An endless stream, so that any number of steps per epoch can be taken.
+        dataset = dataset.repeat()
+    total_steps = epochs * steps_per_epoch
+    return dataset, steps_per_epoch, total_steps, int(total_steps * args.warmup_fraction)
+
+
 def pretrain(args, classifier, scope, output):
     """Masked patch prediction on `classifier`'s backbone (ViT section 4.6), in place.
 
@@ -229,19 +248,16 @@ def pretrain(args, classifier, scope, output):
         shapes_options={"background": args.pretrain_background, "noise": 5.0} if shapes else None,
         **augmentation_options(args.augment, args.data),
     )
-    images = data.train.map(lambda x, y: x)
-    steps_per_epoch = args.steps_per_epoch or data.steps_per_epoch
-    if args.steps_per_epoch:
-        images = images.repeat()
-    total_steps = args.pretrain_epochs * steps_per_epoch
+    images, steps_per_epoch, total_steps, warmup_steps = schedule(
+        args, data, data.train.map(lambda x, y: x), args.pretrain_epochs,
+        "--pretrain-batch-size")
     with scope():
         predictor = ViTMaskedPatchPredictor(
             classifier.backbone, mask_rate=args.pretrain_mask_rate, corruption=(1.0, 0.0, 0.0),
             mean=classifier.mean, std=classifier.std, seed=args.seed,
         )
         predictor.compile(learning_rate=args.learning_rate, weight_decay=args.weight_decay,
-                          total_steps=total_steps,
-                          warmup_steps=int(total_steps * args.warmup_fraction))
+                          total_steps=total_steps, warmup_steps=warmup_steps)
     callbacks, throughput = training_callbacks(folder, "patch_accuracy", "max")
     with scope():
         history = predictor.fit(
@@ -296,18 +312,9 @@ def main(argv=None, callbacks=None):
         validation_split=args.validation_split,
         **augmentation_options(args.augment, args.data),
     )
-    train, validation = data.train, data.validation
-    steps_per_epoch = args.steps_per_epoch or data.steps_per_epoch
-    if steps_per_epoch <= 0:
-        raise ValueError(
-            f"{data.num_train} training images make no full batch of {args.batch_size}; "
-            "lower --batch-size."
-        )
-    if args.steps_per_epoch:
-        # An endless stream, so that any number of steps per epoch can be taken.
-        train = train.repeat()
-    total_steps = args.epochs * steps_per_epoch
-    warmup_steps = int(total_steps * args.warmup_fraction)
+    validation = data.validation
+    train, steps_per_epoch, total_steps, warmup_steps = schedule(
+        args, data, data.train, args.epochs, "--batch-size")
 
     output = args.output
     with scope():

@@ -256,8 +256,7 @@ class ViTMaskedPatchPredictor(ObjectiveLoss, OptimizerBuiltBeforeFit, TaskPreset
     def _masked_nll_and_hits(self, y_pred):
         logits = ops.cast(y_pred["logits"], "float32")
         targets = ops.cast(y_pred["targets"], "int32")
-        picked = ops.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-        nll = ops.logsumexp(logits, axis=-1) - picked
+        nll = keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)
         hits = ops.cast(ops.equal(ops.argmax(logits, axis=-1), targets), "float32")
         weights = ops.cast(y_pred["mask"], "float32")
         count = ops.maximum(ops.sum(weights), 1.0)

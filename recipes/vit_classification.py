@@ -26,7 +26,8 @@ embeddings frozen. It reached 95.1% held-out accuracy on 1,000 images with the f
 layer's heads attending locally (6.6, 6.8, 6.6 and 11.2 pixels against 16.5 for a uniform
 head) and every later head globally (13.7 to 16.6): the paper's figure 7 at small scale
 (docs/vit.md, "Mean attention distance"). 14.4 min with TensorFlow on 2 CPU cores of a
-host that slowed some epochs (about 11 min without); `--pretrain-epochs 0` trains the
+host that slowed some epochs; a rerun without slow spells: 94.0% in 11.3 min, first layer
+at 6.4 to 10.5 pixels; `--pretrain-epochs 0` trains the
 classifier alone (96.8% in 5.4 min, every head global).
 `--optimizer adafactor` (Scaling ViT's Adafactor, same schedule and decay; measured with
 `--pretrain-epochs 0`): 96.0% with

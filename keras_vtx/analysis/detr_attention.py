@@ -331,8 +331,8 @@ def plot_detr_encoder_attention(image, maps, points, path, dpi=100, figsize=None
             point (padding, which the encoder masks out) are cropped off.
         points: `(n_points, 2)` pixel coordinates `(y, x)`.
         path: the `.png` file to write.
-        dpi: int, dots per inch.
-        figsize: optional `(width, height)` inches; by default 2.5 per panel.
+        dpi: int, dots per inch; `figsize` an optional `(width, height)` in
+            inches (by default 2.5 per panel), as for `plot_detr_decoder_attention`.
 
     Returns:
         `path`.

@@ -20,7 +20,13 @@ import numpy as np
 
 from keras_vtx.convert.checkpoint_files import read_state_dict
 from keras_vtx.convert.resnet import load_resnet_weights, resnet_config_from_transformers
-from keras_vtx.convert.tensor_mapping import TRANSFORMS, canonical_names, class_names
+from keras_vtx.convert.tensor_mapping import (
+    TRANSFORMS,
+    canonical_names,
+    class_names,
+    config_values,
+    require_settings,
+)
 
 BACKBONE_PREFIX = "model.backbone.conv_encoder.model."
 # transformers 5 names modules differently in memory (`model.state_dict()`) than
@@ -96,6 +102,19 @@ def load_detr(path, config, cls, task_kwargs=None):
     return model
 
 
+# DETR's arguments read from a transformers `DetrConfig`: (key, default).
+_DETR_ARGUMENTS = {
+    "num_queries": ("num_queries", 100),
+    "hidden_dim": ("d_model", 256),
+    "num_heads": ("encoder_attention_heads", 8),
+    "num_encoder_layers": ("encoder_layers", 6),
+    "num_decoder_layers": ("decoder_layers", 6),
+    "mlp_dim": ("encoder_ffn_dim", 2048),
+    "dropout": ("dropout", 0.1),
+    "attention_dropout": ("attention_dropout", 0.0),
+}
+
+
 def detr_config_from_transformers(config):
     """Maps a transformers `DetrConfig` dict to `DETR` arguments (without the backbone).
 
@@ -112,24 +131,9 @@ def detr_config_from_transformers(config):
                 f"DETR here shares one value between encoder and decoder: the config's {a!r} "
                 f"({config.get(a)}) and {b!r} ({config.get(b)}) differ."
             )
-    for key, expected in (("activation_function", "relu"), ("position_embedding_type", "sine"),
-                          ("activation_dropout", 0.0)):
-        if config.get(key, expected) != expected:
-            raise ValueError(
-                f"The checkpoint's {key!r} must be {expected!r} for keras_vtx's DETR; "
-                f"received {config[key]!r}."
-            )
-    return dict(
-        num_queries=config.get("num_queries", 100),
-        hidden_dim=config.get("d_model", 256),
-        num_heads=config.get("encoder_attention_heads", 8),
-        num_encoder_layers=config.get("encoder_layers", 6),
-        num_decoder_layers=config.get("decoder_layers", 6),
-        mlp_dim=config.get("encoder_ffn_dim", 2048),
-        dropout=config.get("dropout", 0.1),
-        attention_dropout=config.get("attention_dropout", 0.0),
-        aux_loss=True,
-    )
+    require_settings(config, {"activation_function": "relu", "position_embedding_type": "sine",
+                              "activation_dropout": 0.0}, "DETR")
+    return {**config_values(config, _DETR_ARGUMENTS), "aux_loss": True}
 
 
 def detr_weight_table(model):

@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from keras_vtx.convert.checkpoint_files import read_json, read_state_dict
-from keras_vtx.convert.tensor_mapping import set_weight
+from keras_vtx.convert.tensor_mapping import config_values, require_settings, set_weight
 
 # Keras variable (relative to block i) -> (transformers key relative to `h.{i}.`, slice of
 # c_attn's output columns or None).
@@ -37,6 +37,18 @@ _BLOCK = (
 _BUFFERS = (".attn.bias", ".attn.masked_bias")
 
 
+# ImageGPTBackbone's arguments read from a transformers `ImageGPTConfig`: (key, default).
+_IMAGEGPT_ARGUMENTS = {
+    "vocabulary_size": ("vocab_size", 513),
+    "sequence_length": ("n_positions", 1024),
+    "hidden_dim": ("n_embd", 512),
+    "num_layers": ("n_layer", 24),
+    "num_heads": ("n_head", 8),
+    "mlp_dim": ("n_inner", None),
+    "layer_norm_epsilon": ("layer_norm_epsilon", 1e-5),
+}
+
+
 def imagegpt_backbone_config(config):
     """Maps a transformers `ImageGPTConfig` dict to `ImageGPTBackbone` arguments.
 
@@ -48,26 +60,10 @@ def imagegpt_backbone_config(config):
     ...     "n_layer": 24, "n_head": 8})["hidden_dim"]
     512
     """
-    act = config.get("activation_function", "quick_gelu")
-    unsupported = [
-        (act != "quick_gelu", f"activation_function={act!r} (only 'quick_gelu')"),
-        (not config.get("scale_attn_weights", True), "scale_attn_weights=False"),
-        (config.get("scale_attn_by_inverse_layer_idx", False),
-         "scale_attn_by_inverse_layer_idx=True"),
-        (config.get("add_cross_attention", False), "add_cross_attention=True"),
-    ]
-    bad = [what for flag, what in unsupported if flag]
-    if bad:
-        raise ValueError(f"The Image GPT checkpoint's config has unsupported settings: {bad}.")
-    return dict(
-        vocabulary_size=config.get("vocab_size", 513),
-        sequence_length=config.get("n_positions", 1024),
-        hidden_dim=config.get("n_embd", 512),
-        num_layers=config.get("n_layer", 24),
-        num_heads=config.get("n_head", 8),
-        mlp_dim=config.get("n_inner"),
-        layer_norm_epsilon=config.get("layer_norm_epsilon", 1e-5),
-    )
+    require_settings(config, {"activation_function": "quick_gelu", "scale_attn_weights": True,
+                              "scale_attn_by_inverse_layer_idx": False,
+                              "add_cross_attention": False}, "ImageGPTBackbone")
+    return config_values(config, _IMAGEGPT_ARGUMENTS)
 
 
 def load_imagegpt(path, config, cls, task_kwargs=None):

@@ -16,6 +16,7 @@ import re
 import keras
 import numpy as np
 
+from keras_vtx.convert.tensor_mapping import require_settings
 from keras_vtx.layers.frozen_batch_normalization import FrozenBatchNormalization
 
 LAYOUTS = ("transformers", "timm")
@@ -195,18 +196,10 @@ def resnet_config_from_transformers(config):
             "`config` must be a transformers ResNetConfig or timm_backbone config; received "
             f"model_type {model_type!r}."
         )
-    unsupported = {
-        "layer_type": ("bottleneck", config.get("layer_type", "bottleneck")),
-        "hidden_act": ("relu", config.get("hidden_act", "relu")),
-        "downsample_in_first_stage": (False, config.get("downsample_in_first_stage", False)),
-        "downsample_in_bottleneck": (False, config.get("downsample_in_bottleneck", False)),
-    }
-    for key, (expected, received) in unsupported.items():
-        if received != expected:
-            raise ValueError(
-                f"ResNetBackbone is torchvision's v1.5 bottleneck ResNet: the config's {key!r} "
-                f"must be {expected!r}; received {received!r}."
-            )
+    # ResNetBackbone is torchvision's v1.5 bottleneck ResNet.
+    require_settings(config, {"layer_type": "bottleneck", "hidden_act": "relu",
+                              "downsample_in_first_stage": False,
+                              "downsample_in_bottleneck": False}, "ResNetBackbone")
     # transformers' bottleneck always reduces the width by 4 (`reduction=4`).
     hidden_sizes = [int(h) for h in config.get("hidden_sizes", (256, 512, 1024, 2048))]
     if any(h % 4 for h in hidden_sizes):

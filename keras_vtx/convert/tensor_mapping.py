@@ -45,6 +45,40 @@ def pair(value):
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
+def require_settings(config, expected, model):
+    """Raises a `ValueError` naming every key of `config` that `model` cannot reproduce.
+
+    Args:
+        config: the checkpoint's config dict.
+        expected: `{key: value}`, the only value each key may have (a missing
+            key counts as that value).
+        model: the class name the message gives.
+
+    Example:
+    >>> require_settings({"hidden_act": "relu"}, {"hidden_act": "gelu"}, "ViTBackbone")
+    Traceback (most recent call last):
+    ...
+    ValueError: The checkpoint's config has settings ViTBackbone does not support: ...
+    """
+    bad = [f"{key}={config[key]!r} (must be {value!r})"
+           for key, value in expected.items() if config.get(key, value) != value]
+    if bad:
+        raise ValueError(
+            f"The checkpoint's config has settings {model} does not support: {', '.join(bad)}."
+        )
+
+
+def config_values(config, table):
+    """`{argument: config.get(key, default)}` for `table` `{argument: (key, default)}`.
+
+    Example:
+    >>> config_values({"d_model": 64},
+    ...               {"hidden_dim": ("d_model", 256), "num_queries": ("num_queries", 100)})
+    {'hidden_dim': 64, 'num_queries': 100}
+    """
+    return {argument: config.get(key, default) for argument, (key, default) in table.items()}
+
+
 def class_names(config):
     """The class names of `config.json`'s `id2label`, in id order, or None."""
     id2label = config.get("id2label")

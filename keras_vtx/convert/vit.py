@@ -22,6 +22,7 @@ from keras_vtx.convert.tensor_mapping import (
     class_names,
     layer_table,
     pair,
+    require_settings,
     set_weight,
 )
 
@@ -143,11 +144,8 @@ def backbone_config_from_transformers(config, has_pooler=True):
     """
     hidden = config.get("hidden_size", 768)
     heads = config.get("num_attention_heads", 12)
-    if not config.get("qkv_bias", True):
-        raise ValueError(
-            "The checkpoint's config has `qkv_bias=False`; ViTBackbone's attention "
-            "always has query/key/value biases."
-        )
+    # ViTBackbone's attention always has query/key/value biases.
+    require_settings(config, {"qkv_bias": True}, "ViTBackbone")
     head_dim = config.get("head_dim")
     if head_dim is not None and head_dim * heads != hidden:
         raise ValueError(

@@ -54,10 +54,12 @@ class TransformerEncoderBlock(keras.layers.Layer):
     >>> tuple(block(keras.ops.ones((2, 5, 8))).shape)
     (2, 5, 8)
     >>> cache = block.initial_cache(batch_size=2, max_length=5)
-    >>> out, cache = block(keras.ops.ones((2, 1, 8)), is_causal=True,
-    ...                    cache=cache, cache_update_index=0)
-    >>> tuple(out.shape), tuple(cache.shape)
-    ((2, 1, 8), (2, 2, 5, 2, 4))
+    >>> step, cache = block(keras.ops.ones((2, 1, 8)), is_causal=True,
+    ...                     cache=cache, cache_update_index=0)
+    >>> tuple(step.shape)
+    (2, 1, 8)
+    >>> tuple(cache.shape)  # keys and values, batch, positions, heads, head size
+    (2, 2, 5, 2, 4)
     """
 
     def __init__(
@@ -203,13 +205,8 @@ class TransformerEncoderBlock(keras.layers.Layer):
     def initial_cache(self, batch_size, max_length, dtype=None):
         """An empty key/value cache for this block's self-attention.
 
-        Args:
-            batch_size: int.
-            max_length: int, the longest sequence the cache will hold.
-            dtype: defaults to the layer's compute dtype.
-
-        Returns:
-            A zero tensor `(batch_size, 2, max_length, num_heads, head_dim)`.
+        The zero tensor `(batch_size, 2, max_length, num_heads, head_dim)` of
+        `MultiHeadAttention.initial_cache`, which documents the arguments.
         """
         if not self.built:
             raise ValueError("`initial_cache` needs a built block (call or build it first).")

@@ -17,18 +17,18 @@ pretraining's patch accuracy by epoch), `attention_distance.png` (the paper's fi
 and, after pretraining, `pretrain/` (its logs, and `backbone.weights.h5`, which a
 restarted run loads instead of pretraining again).
 
-The default first pretrains `vit_pico_patch4_32` with masked patch prediction (ViT
-section 4.6, `ViTMaskedPatchPredictor`: 75% of the patches mid-grey, their 3-bit mean
-colour predicted) for 8 epochs of 140 steps of 64 on the shapes drawn over a smooth random
-colour field, then trains the classifier on 9,000 plain shapes images of 32 x 32 pixels
-with horizontal flips for 8 epochs of 140 steps of 64, the pretrained patch and position
-embeddings frozen. It reached 95.1% held-out accuracy on 1,000 images with the first
-layer's heads attending locally (6.6, 6.8, 6.6 and 11.2 pixels against 16.5 for a uniform
-head) and every later head globally (13.7 to 16.6): the paper's figure 7 at small scale
-(docs/vit.md, "Mean attention distance"). 14.4 min with TensorFlow on 2 CPU cores of a
-host that slowed some epochs; a rerun without slow spells: 94.0% in 11.3 min, first layer
-at 6.4 to 10.5 pixels; `--pretrain-epochs 0` trains the
-classifier alone (96.8% in 5.4 min, every head global).
+The default first pretrains `vit_pico_patch4_32`, its position embeddings started as a
+2-D sine-cosine table (`--position-init sincos2d`, still learned), with masked patch
+prediction (ViT section 4.6, `ViTMaskedPatchPredictor`: 75% of the patches mid-grey, their
+3-bit mean colour predicted) for 4 epochs of 140 steps of 64 on the shapes drawn over a
+smooth random colour field, then trains the classifier on 9,000 plain shapes images of
+32 x 32 pixels with horizontal flips for 8 epochs of 140 steps of 64, the pretrained patch
+and position embeddings frozen. With TensorFlow on 2 CPU cores it reached 97.3% held-out
+accuracy on 1,000 images in 8.4 minutes, the first layer's heads attending locally (5.7,
+7.4, 8.3 and 11.1 pixels against 16.5 for a uniform head) and every later head globally
+(13.6 to 17.1): the paper's figure 7 at small scale (docs/vit.md, "Mean attention
+distance"). `--pretrain-epochs 0` trains the classifier alone (96.8% in 5.4 min, every
+head global).
 `--optimizer adafactor` (Scaling ViT's Adafactor, same schedule and decay; measured with
 `--pretrain-epochs 0`): 96.0% with
 1.7 MB of optimizer state against AdamW's 6.5 MB (`optimizer_state_bytes` in the report).
@@ -59,7 +59,7 @@ from recipes._common import (  # noqa: E402
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # Masked patch prediction before the classification on the shapes set (docs/vit.md,
 # "Mean attention distance"): the pretrained early heads attend locally.
-PRETRAIN_EPOCHS = 8
+PRETRAIN_EPOCHS = 4
 AUGMENTATIONS = ("auto", "none", "flip", "crop_flip", "randaugment")
 
 
@@ -110,7 +110,7 @@ def parse_args(argv=None):
                              "for the procedural shapes set, crop_flip otherwise")
     parser.add_argument("--pretrain-epochs", type=int, default=None,
                         help="epochs of masked patch prediction (the paper's self-supervision, "
-                             "section 4.6) before the classification; default: 8 for the shapes "
+                             "section 4.6) before the classification; default: 4 for the shapes "
                              "set, 0 otherwise")
     parser.add_argument("--pretrain-batch-size", type=int, default=None,
                         help="the global batch size of the pretraining (default: --batch-size)")
@@ -121,6 +121,13 @@ def parse_args(argv=None):
                         help="shapes set only: the background of the pretraining images; "
                              "'field', a smooth random colour field, makes neighbouring "
                              "patches informative, which the early heads learn to read")
+    parser.add_argument("--position-init", choices=("auto", "normal", "sincos2d"),
+                        default="auto",
+                        help="how a freshly built model's position embeddings start: 'normal' "
+                             "(the paper's), 'sincos2d' (a 2-D sine-cosine table, still "
+                             "learned, from which the pretraining finds local heads sooner) or "
+                             "'auto' (sincos2d when pretraining, else the preset's); a "
+                             "checkpoint's weights replace either")
     parser.add_argument("--freeze-embeddings", choices=("auto", "yes", "no"), default="auto",
                         help="keep the patch and position embeddings fixed in the "
                              "classification (auto: yes after pretraining, which keeps the "
@@ -144,6 +151,8 @@ def parse_args(argv=None):
         parser.error(f"--pretrain-mask-rate must be in (0, 1); received {args.pretrain_mask_rate}")
     if args.pretrain_batch_size is None:
         args.pretrain_batch_size = args.batch_size
+    if args.position_init == "auto":
+        args.position_init = "sincos2d" if args.pretrain_epochs else None
     if args.freeze_embeddings == "auto":
         args.freeze_embeddings = "yes" if args.pretrain_epochs else "no"
     for name in ("image_size", "epochs", "batch_size", "pretrain_batch_size", "steps_per_epoch"):
@@ -319,8 +328,10 @@ def main(argv=None, callbacks=None):
 
     output = args.output
     with scope():
+        position = {"position_embedding_init": args.position_init} if args.position_init else {}
         model = ViTClassifier.from_preset(
-            args.preset, num_classes=len(data.class_names), image_size=args.image_size
+            args.preset, num_classes=len(data.class_names), image_size=args.image_size,
+            **position,
         )
     pretraining = pretrain(args, model, scope, output) if args.pretrain_epochs else {}
     if args.freeze_embeddings == "yes":
@@ -368,6 +379,7 @@ def main(argv=None, callbacks=None):
         "num_processes": num_processes,
         "num_classes": len(data.class_names),
         "pretrain_epochs": args.pretrain_epochs,
+        "position_init": model.backbone.position_embedding_init,
         **pretraining,
         "freeze_embeddings": args.freeze_embeddings == "yes",
         "optimizer": args.optimizer,

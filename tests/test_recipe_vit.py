@@ -36,6 +36,8 @@ def test_recipe_resumes_reports_and_saves_a_reloadable_preset(tmp_path):
     assert len(report["pretrain_patch_accuracy"]) == 2 and report["freeze_embeddings"]
     assert report["pretrain_data"] == "shapes:96 (background field)"
     assert np.isfinite(report["pretrain_loss"]).all()
+    # The tiny preset's position embeddings started as a sine-cosine table (pretraining).
+    assert report["position_init"] == "sincos2d"
 
     with open(output / "report.json") as f:
         written = json.load(f)
@@ -51,7 +53,7 @@ def test_recipe_resumes_reports_and_saves_a_reloadable_preset(tmp_path):
 
     # The saved preset reloads and scores exactly what the report says.
     model = ViTClassifier.from_preset(str(output / "preset"))
-    assert model.num_classes == 6
+    assert model.num_classes == 6 and model.backbone.position_embedding_init == "sincos2d"
     model.compile(total_steps=10, warmup_steps=1)
     from keras_vtx.data import load_classification_data
 
@@ -84,8 +86,12 @@ def test_recipe_rejects_bad_flags(tmp_path):
     assert (args.preset, args.data, args.precision) == ("vit_pico_patch4_32", "shapes", "float32")
     # Pretraining and frozen embeddings by default on the shapes set only.
     assert (args.pretrain_epochs, args.freeze_embeddings) == (recipe.PRETRAIN_EPOCHS, "yes")
+    assert args.position_init == "sincos2d"
     args = recipe.parse_args(["--data", "dir:/data"])
-    assert (args.pretrain_epochs, args.freeze_embeddings) == (0, "no")
+    assert (args.pretrain_epochs, args.freeze_embeddings, args.position_init) == (0, "no", None)
+    assert recipe.parse_args(["--position-init", "normal"]).position_init == "normal"
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--position-init", "sincos"])
     with pytest.raises(SystemExit):
         recipe.parse_args(["--pretrain-mask-rate", "1.5"])
     untransformed = tmp_path / "raw"

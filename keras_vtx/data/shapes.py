@@ -9,6 +9,8 @@ image-text (CLIP) and generative (Image GPT) recipes without any download.
 The generator uses NumPy only; TensorFlow is not needed to draw the images.
 """
 
+import functools
+
 import numpy as np
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross", "ring", "diamond")
@@ -80,6 +82,7 @@ BACKGROUNDS = ("dark", "color", "field")
 FIELD_OCTAVES = ((4, 1.0), (8, 0.5))
 
 
+@functools.lru_cache(maxsize=16)
 def _bicubic_matrix(cells, size):
     """`(size, cells)` weights that upsample `cells` samples to `size` pixels.
 
@@ -103,7 +106,10 @@ def _color_field(rng, size):
     for cells, amplitude in FIELD_OCTAVES:
         grid = rng.uniform(-1.0, 1.0, size=(cells, cells, 3))
         upsample = _bicubic_matrix(cells, size)
-        field += amplitude * np.einsum("yi,ijc,xj->yxc", upsample, grid, upsample)
+        # Rows then columns: two small products (a three-operand einsum loops in Python's
+        # stead and took 1.5 ms an image).
+        rows = np.tensordot(upsample, grid, axes=(1, 0))  # (size, cells, 3)
+        field += amplitude * np.einsum("xj,yjc->yxc", upsample, rows)
     return np.clip(80.0 + 60.0 * field, 0.0, 255.0)
 
 

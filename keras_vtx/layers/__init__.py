@@ -9,7 +9,11 @@ from keras_vtx.layers.mlp import MLP
 from keras_vtx.layers.multi_head_attention import MultiHeadAttention
 from keras_vtx.layers.multi_head_attention_pooling import MultiHeadAttentionPooling
 from keras_vtx.layers.patch_embedding import PatchEmbedding
-from keras_vtx.layers.position_embedding import PositionEmbedding, resample_position_embeddings
+from keras_vtx.layers.position_embedding import (
+    PositionEmbedding,
+    SineCosine2DInitializer,
+    resample_position_embeddings,
+)
 from keras_vtx.layers.resnet_stem import ResNetStem, StandardizedConv2D
 from keras_vtx.layers.sine_position_encoding import SinePositionEncoding2D
 from keras_vtx.layers.transformer_decoder_block import TransformerDecoderBlock
@@ -25,6 +29,7 @@ __all__ = [
     "MultiHeadAttentionPooling",
     "PatchEmbedding",
     "PositionEmbedding",
+    "SineCosine2DInitializer",
     "ResNetStem",
     "SinePositionEncoding2D",
     "StandardizedConv2D",

@@ -2,7 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from keras_vtx.layers import PositionEmbedding, resample_position_embeddings
+from keras_vtx.layers import (
+    PositionEmbedding,
+    SineCosine2DInitializer,
+    resample_position_embeddings,
+)
 from keras_vtx.ops import resize_bicubic
 from tests.test_case import (
     assert_config_round_trip,
@@ -142,3 +146,44 @@ def test_resize_bicubic_errors():
         resize_bicubic(np.ones((4, 4)), (2, 0))
     with pytest.raises(ValueError, match="size"):
         resize_bicubic(np.ones((4, 4)), (2,))
+
+
+@pytest.mark.parametrize("grid, prefix, scale", [((4, 4), 1, 0.1), ((3, 5), 0, 1.0), ((2, 7), 1, 2.0)])
+def test_sine_cosine_initializer_matches_transformers(grid, prefix, scale):
+    from transformers.models.vit_mae.modeling_vit_mae import (
+        build_2d_sinusoidal_position_embedding,
+    )
+
+    width = 16
+    reference = build_2d_sinusoidal_position_embedding(
+        grid[0], grid[1], width, cls_token=bool(prefix)
+    ).numpy()
+    layer = PositionEmbedding(prefix + grid[0] * grid[1],
+                              initializer=SineCosine2DInitializer(grid, prefix, scale=scale))
+    layer.build((None, prefix + grid[0] * grid[1], width))
+    np.testing.assert_allclose(to_numpy(layer.position_embeddings), scale * reference,
+                               atol=1e-6)
+
+
+def test_sine_cosine_initializer_serialises_inside_the_layer(tmp_path):
+    initializer = SineCosine2DInitializer((2, 3), num_prefix_tokens=1, scale=0.5,
+                                          temperature=100.0)
+    layer = PositionEmbedding(7, initializer=initializer, name="position_embedding")
+    clone = assert_config_round_trip(layer)
+    assert isinstance(clone.initializer, SineCosine2DInitializer)
+    assert clone.initializer.get_config() == initializer.get_config()
+    clone.build((None, 7, 8))
+    np.testing.assert_allclose(to_numpy(clone.position_embeddings),
+                               to_numpy(initializer((7, 8))), atol=1e-7)
+
+
+def test_sine_cosine_initializer_rejects_bad_shapes():
+    initializer = SineCosine2DInitializer((2, 3))
+    with pytest.raises(ValueError, match=r"shape \(7, D\).*received shape \(6, 8\)"):
+        initializer((6, 8))
+    with pytest.raises(ValueError, match="divisible by 4.*received shape \\(7, 10\\)"):
+        initializer((7, 10))
+    with pytest.raises(ValueError, match="`grid_size`"):
+        SineCosine2DInitializer((2, 0))
+    with pytest.raises(ValueError, match="`num_prefix_tokens`"):
+        SineCosine2DInitializer((2, 2), num_prefix_tokens=-1)

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_vtx.layers import resample_position_embeddings
+from keras_vtx.layers import SineCosine2DInitializer, resample_position_embeddings
 from keras_vtx.models import ViTBackbone, ViTClassifier
 from tests.test_case import (
     TINY_VIT,
@@ -111,6 +111,25 @@ def test_config_round_trip():
     ]
 
 
+@pytest.mark.parametrize("class_token", [True, False])
+def test_sincos2d_position_embeddings_start_as_the_table(tmp_path, class_token):
+    model = _backbone(position_embedding_init="sincos2d", class_token=class_token,
+                      pooling="token" if class_token else "gap", image_size=(16, 8))
+    prefix = int(class_token)
+    expected = SineCosine2DInitializer(model.grid_size, prefix)(
+        (prefix + model.grid_size[0] * model.grid_size[1], model.hidden_dim))
+    table = model.get_layer("position_embedding").position_embeddings
+    assert_allclose(table, expected, atol=0)
+    assert model.get_config()["position_embedding_init"] == "sincos2d"
+    # Still a learned weight, which a preset's values replace.
+    assert table.trainable
+    randomize_weights(model)
+    model.save_to_preset(tmp_path / "preset")
+    loaded = ViTBackbone.from_preset(tmp_path / "preset")
+    assert loaded.position_embedding_init == "sincos2d"
+    assert_allclose(loaded.get_layer("position_embedding").position_embeddings, table, atol=0)
+
+
 @pytest.mark.parametrize("overrides", [{}, {"pooling": "map", "class_token": False}])
 def test_keras_save_load(tmp_path, overrides):
     model = _backbone(**overrides)
@@ -184,6 +203,8 @@ def test_constructor_errors():
         _backbone(pooling="token", class_token=False)
     with pytest.raises(ValueError, match="image_size"):
         _backbone(image_size=(16, 16, 16))
+    with pytest.raises(ValueError, match="`position_embedding_init` must be one of.*'sincos'"):
+        _backbone(position_embedding_init="sincos")
 
 
 def test_call_errors():

@@ -7,12 +7,14 @@ from keras_vtx.layers import (
     PatchEmbedding,
     PositionEmbedding,
     ResNetStem,
+    SineCosine2DInitializer,
     resample_position_embeddings,
 )
 from keras_vtx.layers.transformer_encoder_block import pre_norm_encoder_blocks
 from keras_vtx.models.backbone import Backbone, checked_shape
 
 POOLINGS = ("token", "gap", "map")
+POSITION_EMBEDDING_INITS = ("normal", "sincos2d")
 
 
 def _pair(value, name):
@@ -69,6 +71,11 @@ class ViTBackbone(Backbone):
             recomputes a block's activations instead of keeping them, about
             a third more compute for activation memory of one block instead of
             all, which lets large variants (ViT-L/H) train with bigger batches.
+        position_embedding_init: how the learned position embeddings start:
+            `"normal"` (the paper's, standard deviation 0.02) or `"sincos2d"`
+            (a 2-D sine-cosine table, `keras_vtx.layers.SineCosine2DInitializer`,
+            with which masked patch prediction on small data finds local
+            heads sooner; docs/vit.md). A checkpoint's values replace either.
         dtype: dtype or dtype policy of the layers.
 
     Call arguments:
@@ -116,10 +123,16 @@ class ViTBackbone(Backbone):
         return_hidden_states=False,
         return_attention_scores=False,
         remat=False,
+        position_embedding_init="normal",
         dtype=None,
         **kwargs,
     ):
         image_size = _pair(image_size, "image_size")
+        if position_embedding_init not in POSITION_EMBEDDING_INITS:
+            raise ValueError(
+                f"`position_embedding_init` must be one of {POSITION_EMBEDDING_INITS}; "
+                f"received {position_embedding_init!r}."
+            )
         patch_size = _pair(patch_size, "patch_size")
         if pooling not in POOLINGS:
             raise ValueError(f"`pooling` must be one of {POOLINGS}; received {pooling!r}.")
@@ -153,7 +166,10 @@ class ViTBackbone(Backbone):
         )
         cls_token = ClassToken(dtype=dtype, name="class_token") if class_token else None
         position_embedding = PositionEmbedding(
-            num_prefix + grid[0] * grid[1], dtype=dtype, name="position_embedding"
+            num_prefix + grid[0] * grid[1],
+            initializer=(SineCosine2DInitializer(grid, num_prefix)
+                         if position_embedding_init == "sincos2d" else None),
+            dtype=dtype, name="position_embedding",
         )
         embedding_dropout = keras.layers.Dropout(dropout, dtype=dtype, name="embedding_dropout")
         pre_layer_norm = None
@@ -232,6 +248,7 @@ class ViTBackbone(Backbone):
         self.return_hidden_states = return_hidden_states
         self.return_attention_scores = return_attention_scores
         self.remat = remat
+        self.position_embedding_init = position_embedding_init
         self.grid_size = grid
         self.num_prefix_tokens = num_prefix
 
@@ -282,4 +299,5 @@ class ViTBackbone(Backbone):
             return_hidden_states=self.return_hidden_states,
             return_attention_scores=self.return_attention_scores,
             remat=self.remat,
+            position_embedding_init=self.position_embedding_init,
         )

@@ -194,3 +194,22 @@ def test_timm_layout_of_the_published_checkpoints(tmp_path):
     out = model({"images": images, "pixel_mask": mask})
     assert_allclose(out["logits"], logits, atol=1e-4, rtol=1e-4)
     assert_allclose(out["boxes"], boxes, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.backend_independent
+def test_config_conversion_and_unsupported_settings():
+    from keras_vtx.convert.detr import detr_config_from_transformers
+
+    config = detr_config_from_transformers(
+        {"d_model": 64, "num_queries": 10, "encoder_layers": 2, "decoder_layers": 3,
+         "encoder_attention_heads": 4, "decoder_attention_heads": 4,
+         "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "dropout": 0.0})
+    assert config == dict(num_queries=10, hidden_dim=64, num_heads=4, num_encoder_layers=2,
+                          num_decoder_layers=3, mlp_dim=128, dropout=0.0,
+                          attention_dropout=0.0, aux_loss=True)
+    # Every setting DETR cannot reproduce is named at once, with both values.
+    with pytest.raises(ValueError, match=r"DETR does not support: activation_function='gelu' "
+                                         r"\(must be 'relu'\), position_embedding_type="
+                                         r"'learned' \(must be 'sine'\)"):
+        detr_config_from_transformers({"activation_function": "gelu",
+                                       "position_embedding_type": "learned"})

@@ -163,3 +163,24 @@ def training_callbacks(output, monitor, mode, extra=None):
         *(extra or []),
     ]
     return callbacks, throughput
+
+
+def training_schedule(args, data, dataset, epochs, batch_flag="--batch-size", what="images",
+                      hint=""):
+    """`(dataset, steps_per_epoch, total_steps, warmup_steps)` of one training phase.
+
+    One pass over `data` per epoch, or `args.steps_per_epoch` batches of an endless
+    stream (the dataset repeated); the warm-up is `args.warmup_fraction` of the
+    steps. Raises `ValueError` when the training `what` make no full batch, naming
+    `batch_flag` and the optional `hint`.
+    """
+    steps_per_epoch = args.steps_per_epoch or data.steps_per_epoch
+    if not steps_per_epoch or steps_per_epoch <= 0:
+        raise ValueError(
+            f"{data.num_train} training {what} make no full batch of {data.batch_size}; "
+            f"lower {batch_flag}{hint}."
+        )
+    if args.steps_per_epoch:
+        dataset = dataset.repeat()  # an endless stream: any number of steps per epoch
+    total_steps = epochs * steps_per_epoch
+    return dataset, steps_per_epoch, total_steps, int(total_steps * args.warmup_fraction)

@@ -51,6 +51,7 @@ from recipes._common import (  # noqa: E402
     replicas_and_scope,
     start_processes,
     training_callbacks,
+    training_schedule,
 )
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -235,17 +236,10 @@ def main(argv=None, callbacks=None):
         validation_split=args.validation_split, tokenizer=tokenizer, augment=args.augment,
         captions_per_image=args.captions_per_image, **pair_options,
     )
-    train, validation = data.train, data.validation
-    steps_per_epoch = args.steps_per_epoch or data.steps_per_epoch
-    if not steps_per_epoch:
-        raise ValueError(
-            f"{data.num_train} training pairs make no full batch of {args.batch_size}; lower "
-            "--batch-size, or pass --steps-per-epoch for a source of unknown size."
-        )
-    if args.steps_per_epoch:
-        train = train.repeat()  # an endless stream: any number of steps per epoch
-    total_steps = args.epochs * steps_per_epoch
-    warmup_steps = int(total_steps * args.warmup_fraction)
+    validation = data.validation
+    train, steps_per_epoch, total_steps, warmup_steps = training_schedule(
+        args, data, data.train, args.epochs, what="pairs",
+        hint=", or pass --steps-per-epoch for a source of unknown size")
     with scope():
         model.compile(
             learning_rate=args.learning_rate,

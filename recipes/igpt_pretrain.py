@@ -72,6 +72,7 @@ from recipes._common import (  # noqa: E402
     replicas_and_scope,
     start_processes,
     training_callbacks,
+    training_schedule,
 )
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -480,22 +481,15 @@ def train_and_probe(args, callbacks=None):
         validation_split=args.validation_split, seed=args.seed, train_crop="random",
         padding=0, flip=args.flip, shapes_options=args.shapes_options,
     )
-    train, validation = data.train, data.validation
-    steps_per_epoch = args.steps_per_epoch or data.steps_per_epoch
-    if steps_per_epoch <= 0:
-        raise ValueError(
-            f"{data.num_train} training images make no full batch of {args.batch_size}; "
-            "lower --batch-size."
-        )
-    if args.steps_per_epoch:
-        train = train.repeat()  # an endless stream: any number of steps per epoch
-    total_steps = args.epochs * steps_per_epoch
+    validation = data.validation
+    train, steps_per_epoch, total_steps, warmup_steps = training_schedule(
+        args, data, data.train, args.epochs)
     with scope():
         model.compile(
             learning_rate=args.learning_rate,
             weight_decay=args.weight_decay,
             total_steps=total_steps,
-            warmup_steps=int(total_steps * args.warmup_fraction),
+            warmup_steps=warmup_steps,
             jit_compile={"on": True, "off": False}.get(args.jit_compile, "auto"),
         )
 

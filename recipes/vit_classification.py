@@ -54,6 +54,7 @@ from recipes._common import (  # noqa: E402
     replicas_and_scope,
     start_processes,
     training_callbacks,
+    training_schedule,
 )
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -203,25 +204,6 @@ def attention_distances(preset, validation, output, count=64):
     return result
 
 
-def schedule(args, data, dataset, epochs, batch_flag):
-    """`(dataset, steps_per_epoch, total_steps, warmup_steps)` of one training phase.
-
-    One pass over `data` per epoch, or `--steps-per-epoch` batches of an endless
-    stream; raises `ValueError` when the training images make no full batch.
-    """
-    steps_per_epoch = args.steps_per_epoch or data.steps_per_epoch
-    if steps_per_epoch <= 0:
-        raise ValueError(
-            f"{data.num_train} training images make no full batch of {data.batch_size}; "
-            f"lower {batch_flag}."
-        )
-    if args.steps_per_epoch:
-        # An endless stream, so that any number of steps per epoch can be taken.
-        dataset = dataset.repeat()
-    total_steps = epochs * steps_per_epoch
-    return dataset, steps_per_epoch, total_steps, int(total_steps * args.warmup_fraction)
-
-
 def pretrain(args, classifier, scope, output):
     """Masked patch prediction on `classifier`'s backbone (ViT section 4.6), in place.
 
@@ -258,7 +240,7 @@ def pretrain(args, classifier, scope, output):
         shapes_options={"background": args.pretrain_background, "noise": 5.0} if shapes else None,
         **augmentation_options(args.augment, args.data),
     )
-    images, steps_per_epoch, total_steps, warmup_steps = schedule(
+    images, steps_per_epoch, total_steps, warmup_steps = training_schedule(
         args, data, data.train.map(lambda x, y: x), args.pretrain_epochs,
         "--pretrain-batch-size")
     with scope():
@@ -323,7 +305,7 @@ def main(argv=None, callbacks=None):
         **augmentation_options(args.augment, args.data),
     )
     validation = data.validation
-    train, steps_per_epoch, total_steps, warmup_steps = schedule(
+    train, steps_per_epoch, total_steps, warmup_steps = training_schedule(
         args, data, data.train, args.epochs, "--batch-size")
 
     output = args.output

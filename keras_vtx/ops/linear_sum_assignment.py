@@ -76,27 +76,31 @@ def _compute_dtype(dtype):
     return "float64" if dtype == "float64" else "float32"
 
 
-def _sanitize(cost, valid, num_pairs):
+def _sanitize(cost, col_valid, num_pairs):
     """Replaces NaN and +-inf by finite values that keep the search finite.
 
     `+inf` and NaN (forbidden pairs) become larger than any sum of `num_pairs` finite costs
     can make up for, `-inf` (mandatory pairs) smaller, both computed from the finite range of
-    the valid entries of each matrix, so forbidden pairs are taken only when there is no
-    other choice. Huge finite values are clipped so that sums of potentials cannot overflow.
+    the valid entries of each matrix (columns where `col_valid`, (B, M)), so forbidden pairs
+    are taken only when there is no other choice. Huge finite values are clipped so that
+    sums of potentials cannot overflow.
     """
     limit = 1e200 if keras.backend.standardize_dtype(cost.dtype) == "float64" else 1e30
+    valid = col_valid[:, None, :]
     finite = ops.logical_and(ops.isfinite(cost), valid)
-    lo = ops.min(ops.where(finite, cost, limit), axis=(1, 2), keepdims=True)
-    hi = ops.max(ops.where(finite, cost, -limit), axis=(1, 2), keepdims=True)
-    any_finite = ops.any(finite, axis=(1, 2), keepdims=True)
-    lo = ops.clip(ops.where(any_finite, lo, 0.0), -limit, limit)
-    hi = ops.clip(ops.where(any_finite, hi, 0.0), -limit, limit)
+    # Each matrix's range as one reduction over a flat axis (faster on XLA's CPU backend
+    # than over two axes); a matrix without a finite entry ends with lo > hi.
+    flat = (cost.shape[0] if cost.shape[0] is not None else -1, cost.shape[1] * cost.shape[2])
+    lo = ops.min(ops.reshape(ops.where(finite, cost, limit), flat), axis=1)[:, None, None]
+    hi = ops.max(ops.reshape(ops.where(finite, cost, -limit), flat), axis=1)[:, None, None]
+    none = lo > hi
+    lo = ops.where(none, 0.0, ops.clip(lo, -limit, limit))
+    hi = ops.where(none, 0.0, ops.clip(hi, -limit, limit))
     spread = (hi - lo) * float(num_pairs) + 1.0
     big = ops.clip(hi + spread, -limit, limit)
     small = ops.clip(lo - spread, -limit, limit)
-    cost = ops.where(ops.isnan(cost), big, cost)
-    cost = ops.where(ops.isinf(cost), ops.where(cost > 0, big, small), cost)
-    cost = ops.clip(cost, -limit, limit)
+    cost = ops.where(ops.isnan(cost), big, ops.where(
+        ops.isinf(cost), ops.where(cost > 0, big, small), ops.clip(cost, -limit, limit)))
     # Unavailable entries are never compared; zero keeps them from spreading NaN.
     return ops.where(valid, cost, ops.zeros_like(cost))
 
@@ -160,8 +164,25 @@ COLUMNS_PER_STEP = 4
 HOPS_PER_STEP = 3
 # Phases of an image in the search loop.
 IDLE, SEARCH, AUGMENT = 0, 1, 2
+# The search continues on the busy images alone once at most a quarter of them are left
+# (down to COMPACT_MIN): a CPU's time per step grows with the batch (docs/detr.md).
+COMPACT_FACTOR = 4
+COMPACT_MIN = 4
 # A bound on the loop far above what any search needs, so that it always stops.
 LOOP_LIMIT_PER_ENTRY = 2
+
+
+def _compacted_sizes(batch):
+    """Batch sizes of the search's later stages: a quarter of the previous one each time.
+
+    With a batch size unknown while tracing (TensorFlow), the stages of a batch of 64.
+    """
+    sizes = []
+    size = batch if batch is not None else 64
+    while COMPACT_FACTOR > 1 and size // COMPACT_FACTOR >= COMPACT_MIN:
+        size //= COMPACT_FACTOR
+        sizes.append(size)
+    return sizes
 
 
 def _auction(cost, row_active, col_avail, max_rounds, bidders_per_round):
@@ -303,96 +324,124 @@ def _assign(cost, row_active, col_avail):
     v, col4row, row4col = _auction(cost, row_active, col_avail, AUCTION_ROUNDS,
                                    BIDDERS_PER_ROUND)
 
-    def start(restart, v, col4row, i, dist, pred, pending, phase):
-        """Images in `restart` begin a search from their first unmatched active row."""
-        needs = ops.logical_and(row_active, col4row < 0)
-        begins = ops.logical_and(restart, ops.any(needs, axis=1))
-        i = ops.where(begins, _first(needs, axis=1), i)
-        row_cost = ops.take(flat_cost, row_offsets + i, axis=0)
-        # Distances from row i up to a constant (its own potential does not matter).
-        fresh = ops.where(col_avail, row_cost - v, inf)
-        dist = ops.where(begins[:, None], fresh, dist)
-        pred = ops.where(begins[:, None], i[:, None], pred)
-        pending = ops.where(begins[:, None], col_avail, pending)
-        phase = ops.where(restart, ops.where(begins, SEARCH, IDLE), phase)
-        return i, dist, pred, pending, phase
+    def searcher(row_offsets, row_active, col_avail):
+        """The search's start and step for a batch of images (all, or a compacted few)."""
+        def start(restart, v, col4row, i, dist, pred, pending, phase):
+            """Images in `restart` begin a search from their first unmatched active row."""
+            needs = ops.logical_and(row_active, col4row < 0)
+            begins = ops.logical_and(restart, ops.any(needs, axis=1))
+            i = ops.where(begins, _first(needs, axis=1), i)
+            row_cost = ops.take(flat_cost, row_offsets + i, axis=0)
+            # Distances from row i up to a constant (its own potential does not matter).
+            fresh = ops.where(col_avail, row_cost - v, inf)
+            dist = ops.where(begins[:, None], fresh, dist)
+            pred = ops.where(begins[:, None], i[:, None], pred)
+            pending = ops.where(begins[:, None], col_avail, pending)
+            phase = ops.where(restart, ops.where(begins, SEARCH, IDLE), phase)
+            return i, dist, pred, pending, phase
 
-    def step(count, v, col4row, row4col, i, j, dist, pred, pending, phase):
-        searching = ops.equal(phase, SEARCH)
-        free = ops.logical_and(col_avail, row4col < 0)
-        to_free = ops.min(ops.where(free, dist, inf), axis=1)
-        # Label-correcting shortest paths over the reduced costs: relax, through its row,
-        # each matched column whose distance fell and is below the nearest free column,
-        # the `per_step` nearest at a time (one: Dijkstra's order; more: fewer steps).
-        open_ = ops.logical_and(ops.logical_and(pending, row4col >= 0),
-                                dist < to_free[:, None])
-        open_ = ops.logical_and(open_, searching[:, None])
-        relaxing = ops.any(open_, axis=1)
-        finishing = ops.logical_and(searching, ops.logical_not(relaxing))
+        def step(count, v, col4row, row4col, i, j, dist, pred, pending, phase):
+            searching = ops.equal(phase, SEARCH)
+            free = ops.logical_and(col_avail, row4col < 0)
+            to_free = ops.min(ops.where(free, dist, inf), axis=1)
+            # Label-correcting shortest paths over the reduced costs: relax, through its row,
+            # each matched column whose distance fell and is below the nearest free column,
+            # the `per_step` nearest at a time (one: Dijkstra's order; more: fewer steps).
+            open_ = ops.logical_and(ops.logical_and(pending, row4col >= 0),
+                                    dist < to_free[:, None])
+            open_ = ops.logical_and(open_, searching[:, None])
+            relaxing = ops.any(open_, axis=1)
+            finishing = ops.logical_and(searching, ops.logical_not(relaxing))
 
-        nearest, picked = ops.top_k(ops.where(open_, -dist, -inf), per_step)
-        picked = ops.cast(picked, "int32")
-        used = ops.isfinite(nearest)
-        hot = ops.logical_and(ops.equal(cols[:, None, :], picked[:, :, None]), used[:, :, None])
-        via = ops.maximum(ops.take_along_axis(row4col, picked, axis=1), 0)
-        via_cost = ops.take(flat_cost, row_offsets[:, None] + via, axis=0)
-        # dist[j] - cost[r, j] + v[j] for each picked column j and its row r.
-        base = _pick(dist[:, None, :] - via_cost + v[:, None, :], hot)
-        through = base[:, :, None] + via_cost - v[:, None, :]
-        # Reduced costs are >= 0; rounding must not make one negative. (`where`, not
-        # `ops.maximum`: Keras 3.15's PyTorch backend returns float64 maxima as float32.)
-        through = ops.where(through < -nearest[:, :, None], -nearest[:, :, None], through)
-        through = ops.where(ops.logical_and(used[:, :, None], col_avail[:, None, :]), through,
-                            inf)
-        best = ops.min(through, axis=1)
-        # The row of a path through which `best` is reached (the lowest such row).
-        best_via = ops.min(ops.cast(via, through.dtype)[:, :, None] + ops.minimum(
-            (through - best[:, None, :]) * _saturate(through), float(num_rows)), axis=1)
-        best_via = ops.cast(best_via, "int32")
-        relaxed = ops.any(hot, axis=1)
-        improved = ops.logical_and(best < dist, relaxing[:, None])
-        pending = ops.logical_or(ops.logical_and(pending, ops.logical_not(relaxed)), improved)
-        dist = ops.where(improved, best, dist)
-        pred = ops.where(improved, best_via, pred)
+            nearest, picked = ops.top_k(ops.where(open_, -dist, -inf), per_step)
+            picked = ops.cast(picked, "int32")
+            used = ops.isfinite(nearest)
+            hot = ops.logical_and(ops.equal(cols[:, None, :], picked[:, :, None]), used[:, :, None])
+            via = ops.maximum(ops.take_along_axis(row4col, picked, axis=1), 0)
+            via_cost = ops.take(flat_cost, row_offsets[:, None] + via, axis=0)
+            # dist[j] - cost[r, j] + v[j] for each picked column j and its row r.
+            base = _pick(dist[:, None, :] - via_cost + v[:, None, :], hot)
+            through = base[:, :, None] + via_cost - v[:, None, :]
+            # Reduced costs are >= 0; rounding must not make one negative. (`where`, not
+            # `ops.maximum`: Keras 3.15's PyTorch backend returns float64 maxima as float32.)
+            through = ops.where(through < -nearest[:, :, None], -nearest[:, :, None], through)
+            through = ops.where(ops.logical_and(used[:, :, None], col_avail[:, None, :]), through,
+                                inf)
+            best = ops.min(through, axis=1)
+            # The row of a path through which `best` is reached (the lowest such row).
+            best_via = ops.min(ops.cast(via, through.dtype)[:, :, None] + ops.minimum(
+                (through - best[:, None, :]) * _saturate(through), float(num_rows)), axis=1)
+            best_via = ops.cast(best_via, "int32")
+            relaxed = ops.any(hot, axis=1)
+            improved = ops.logical_and(best < dist, relaxing[:, None])
+            pending = ops.logical_or(ops.logical_and(pending, ops.logical_not(relaxed)), improved)
+            dist = ops.where(improved, best, dist)
+            pred = ops.where(improved, best_via, pred)
 
-        # A finished search: potentials that keep every reduced cost >= 0 and make the
-        # path tight, then augmentation from the sink, HOPS_PER_STEP columns per step.
-        scanned = ops.logical_and(col_avail, dist < to_free[:, None])
-        v = v - ops.where(ops.logical_and(scanned, finishing[:, None]),
-                          to_free[:, None] - dist, 0.0)
-        sink = _first_lowest(ops.where(free, dist, inf), to_free, axis=1)
-        j = ops.where(finishing, sink, j)
-        augmenting = ops.logical_or(finishing, ops.equal(phase, AUGMENT))
-        reached = ops.zeros_like(augmenting)
-        for _ in range(HOPS_PER_STEP):
-            j_hot = ops.logical_and(ops.equal(cols, j[:, None]), augmenting[:, None])
-            r = _pick(pred, j_hot)
-            row4col = ops.where(j_hot, r[:, None], row4col)
-            r_hot = ops.logical_and(ops.equal(rows, r[:, None]), augmenting[:, None])
-            next_j = _pick(col4row, r_hot)
-            col4row = ops.where(r_hot, j[:, None], col4row)
-            arrived = ops.logical_and(augmenting, ops.equal(r, i))
-            reached = ops.logical_or(reached, arrived)
-            j = ops.where(augmenting, next_j, j)
-            augmenting = ops.logical_and(augmenting, ops.logical_not(arrived))
-        phase = ops.where(augmenting, AUGMENT, phase)
+            # A finished search: potentials that keep every reduced cost >= 0 and make the
+            # path tight, then augmentation from the sink, HOPS_PER_STEP columns per step.
+            scanned = ops.logical_and(col_avail, dist < to_free[:, None])
+            v = v - ops.where(ops.logical_and(scanned, finishing[:, None]),
+                              to_free[:, None] - dist, 0.0)
+            sink = _first_lowest(ops.where(free, dist, inf), to_free, axis=1)
+            j = ops.where(finishing, sink, j)
+            augmenting = ops.logical_or(finishing, ops.equal(phase, AUGMENT))
+            reached = ops.zeros_like(augmenting)
+            for _ in range(HOPS_PER_STEP):
+                j_hot = ops.logical_and(ops.equal(cols, j[:, None]), augmenting[:, None])
+                r = _pick(pred, j_hot)
+                row4col = ops.where(j_hot, r[:, None], row4col)
+                r_hot = ops.logical_and(ops.equal(rows, r[:, None]), augmenting[:, None])
+                next_j = _pick(col4row, r_hot)
+                col4row = ops.where(r_hot, j[:, None], col4row)
+                arrived = ops.logical_and(augmenting, ops.equal(r, i))
+                reached = ops.logical_or(reached, arrived)
+                j = ops.where(augmenting, next_j, j)
+                augmenting = ops.logical_and(augmenting, ops.logical_not(arrived))
+            phase = ops.where(augmenting, AUGMENT, phase)
 
-        i, dist, pred, pending, phase = start(reached, v, col4row, i, dist, pred, pending,
-                                              phase)
-        return count + 1, v, col4row, row4col, i, j, dist, pred, pending, phase
+            i, dist, pred, pending, phase = start(reached, v, col4row, i, dist, pred, pending,
+                                                  phase)
+            return count + 1, v, col4row, row4col, i, j, dist, pred, pending, phase
+        return start, step
 
-    def unfinished(count, *state):
-        phase = state[-1]
-        return ops.logical_and(count < LOOP_LIMIT_PER_ENTRY * num_rows * (num_cols + 1),
-                               ops.any(ops.not_equal(phase, IDLE)))
-
+    limit = LOOP_LIMIT_PER_ENTRY * num_rows * (num_cols + 1)
+    start, step = searcher(row_offsets, row_active, col_avail)
     zeros_b = ops.zeros_like(cost[:, 0, 0], dtype="int32")
     i, dist, pred, pending, phase = start(
         ops.ones_like(zeros_b, dtype="bool"), v, col4row, zeros_b, ops.zeros_like(v),
         ops.zeros_like(row4col), ops.zeros_like(v, dtype="bool"), zeros_b)
     state = (ops.convert_to_tensor(0, "int32"), v, col4row, row4col, i, zeros_b, dist,
              pred, pending, phase)
-    _, _, col4row, row4col, *_ = ops.while_loop(unfinished, step, state)
+    # The images still searching are moved into smaller batches as the others finish
+    # (see `_compacted_sizes`); each stage's results are written back on the way out.
+    stages = []
+    for size in _compacted_sizes(cost.shape[0]) + [None]:
+        def unfinished(count, *state, size=size):
+            busy = ops.not_equal(state[-1], IDLE)
+            going = ops.logical_and(count < limit, ops.any(busy))
+            if size is None:
+                return going
+            return ops.logical_and(going, ops.sum(ops.cast(busy, "int32")) > size)
+
+        state = ops.while_loop(unfinished, step, state)
+        if size is None:
+            break
+        # The busy images first, then idle ones; with fewer images than `size` (a batch
+        # size unknown while tracing) the last is repeated: copies evolve identically.
+        order = ops.argsort(ops.cast(ops.equal(state[-1], IDLE), "int32"), axis=0)
+        batch = ops.shape(order)[0]
+        index = ops.take(order, ops.minimum(ops.arange(size, dtype="int32"), batch - 1),
+                         axis=0)
+        stages.append((index, state[2], state[3]))
+        row_offsets, row_active, col_avail = (
+            ops.take(x, index, axis=0) for x in (row_offsets, row_active, col_avail))
+        start, step = searcher(row_offsets, row_active, col_avail)
+        state = (state[0],) + tuple(ops.take(x, index, axis=0) for x in state[1:])
+    col4row, row4col = state[2], state[3]
+    for index, outer_col4row, outer_row4col in reversed(stages):
+        col4row = ops.scatter_update(outer_col4row, index[:, None], col4row)
+        row4col = ops.scatter_update(outer_row4col, index[:, None], row4col)
     return col4row, row4col
 
 
@@ -450,8 +499,7 @@ def linear_sum_assignment(cost, mask=None):
         col_valid = ops.logical_and(
             ops.ones_like(cost[:, 0, :], dtype="bool"), ops.cast(mask, "bool")
         )
-    valid = ops.logical_and(col_valid[:, None, :], ops.ones_like(cost, dtype="bool"))
-    cost = _sanitize(cost, valid, num_pairs)
+    cost = _sanitize(cost, col_valid, num_pairs)
     all_rows = ops.ones_like(cost[:, :, 0], dtype="bool")
 
     if num_cols <= num_rows:

@@ -202,6 +202,22 @@ def test_every_stage_of_the_solver_is_exact(monkeypatch, rounds, per_step):
     check_against_scipy(ties, mask, *_fresh_solve(ties, mask))
 
 
+# The search moves the images still busy into smaller batches (64 -> 16 -> 4 by default):
+# no compaction, the default and halving every time must give scipy's optimum alike,
+# including a batch smaller than a stage (the last image is then repeated).
+@pytest.mark.parametrize("factor, batch", [(1, 40), (4, 40), (2, 40), (4, 3)])
+def test_compacting_the_busy_images_is_exact(monkeypatch, factor, batch):
+    monkeypatch.setattr(lsa_module, "COMPACT_FACTOR", factor)
+    monkeypatch.setattr(lsa_module, "COMPACT_MIN", 2)
+    monkeypatch.setattr(lsa_module, "_compacted_sizes",
+                        lambda b, sizes=lsa_module._compacted_sizes: sizes(40))
+    rng = np.random.default_rng(15)
+    cost = rng.normal(size=(batch, 12, 12)).astype("float32")
+    mask = rng.random((batch, 12)) < np.linspace(0.2, 1.0, batch)[:, None]
+    mask[-1] = True
+    check_against_scipy(cost, mask, *_fresh_solve(cost, mask), same_assignment=True)
+
+
 def test_identical_rows_and_columns_are_exact():
     # Every row wants the same columns: the auction's offers tie everywhere (a price war
     # without an epsilon), the shortest paths must still finish the matching.

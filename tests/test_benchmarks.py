@@ -29,13 +29,15 @@ def test_matcher_benchmark_quick_run_on_this_backend(tmp_path, capsys):
     for record in records:
         assert record["backend"] == backend
         assert record["exact"] is True, record
-        for key in ("first_call_s", "ours_s", "scipy_s", "ratio", "iterations"):
+        for key in ("first_call_s", "ours_s", "scipy_s", "scipy_callback_s", "ratio",
+                    "callback_ratio", "iterations"):
             assert record[key] > 0, (key, record)
+        assert record["ratio"] == record["ours_s"] / record["scipy_s"], record
         # The previous solver (from git history, when there is one) runs beside it.
         if "previous_iterations" in record:
             assert record["previous_iterations"] > 0, record
     assert {r["case"] for r in records} == {"10x6", "detr step 2x6"}
-    assert "scipy/ours" in capsys.readouterr().out
+    assert "ours/loop" in capsys.readouterr().out
 
 
 def test_igpt_generation_benchmark_quick_run_on_this_backend(tmp_path, capsys):

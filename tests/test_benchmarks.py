@@ -121,6 +121,9 @@ def test_suite_smoke_run_on_this_backend(tmp_path, capsys):
                                       "torch": "sdpa"}[backend], r
         if r["case"] == "detr_r50_train" and r["implementation"].startswith("keras_vtx"):
             assert 0 < r["loss_fraction"] and r["loss_s"] > 0
+            # Both matchers are timed on the same predictions, the other one beside.
+            assert {r["matcher"], r["other_matcher"]} == {"graph", "scipy"}, r
+            assert r["other_loss_fraction"] == r["other_loss_s"] / r["step_s"] > 0, r
         if references != "none" and r["implementation"].startswith("keras_vtx"):
             other = by_key[(r["case"], r["precision"], "transformers")]
             assert r["vs_transformers"] == pytest.approx(r["throughput"] / other["throughput"])
@@ -462,3 +465,34 @@ def test_optimizer_memory_counts_equal_the_built_optimizers():
     rows = benchmark.main(["--presets", "vit_pico_patch4_32"])
     assert rows[0]["parameters"] == ViTClassifier.from_preset("vit_pico_patch4_32").count_params()
     assert 0.25 < rows[0]["ratio"] < 0.5
+
+
+@pytest.mark.only_backend("torch")  # the script starts its own processes; eager steps are cheapest
+def test_gpu_session_script_quick_run(tmp_path):
+    """benchmarks/gpu_session.sh, the one device call of the GPU checks, at smoke sizes."""
+    import subprocess
+    import sys
+    import tarfile
+
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), BACKENDS="torch", PYTHON=sys.executable, TOTAL_S="500")
+    proc = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "gpu_session.sh"), "--quick"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    log = (out / "session.log").read_text()
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    # Each step got a share of the time left, ran to the end, and left its results.
+    import re
+
+    # 30% then 50% of the time left (TOTAL_S less the start), and 70% of that to the suite.
+    matcher_s, detr_s, budget = (int(x) for x in re.search(
+        r"== matcher \((\d+)s\).*== detr \((\d+)s\).*--time-budget (\d+)", log, re.S).groups())
+    assert 140 <= matcher_s <= 150 and 150 <= detr_s <= 250 and budget == detr_s * 7 // 10, log
+    assert "== matcher: exit 0" in log and "== detr: exit 0" in log, log
+    with tarfile.open(out / "results.tar.gz") as tar:
+        matcher = json.load(tar.extractfile("./matcher.json"))
+        detr = json.load(tar.extractfile("./detr/benchmarks.json"))
+        assert {"./matcher.log", "./detr.log", "./detr/benchmarks.md"} <= set(tar.getnames())
+    assert {r["case"] for r in matcher} == {"10x6", "detr step 2x6"}
+    assert all(r["exact"] for r in matcher), matcher
+    (record,) = detr["results"]
+    assert record["case"] == "detr_r50_train" and record["other_loss_fraction"] > 0, record

@@ -150,7 +150,11 @@ def forward_fn(model, x):
 
 
 def loss_fn(model, x, y):
-    """A zero-argument compiled call of the model's loss on fixed predictions (DETR)."""
+    """A zero-argument compiled call of the model's loss on fixed predictions (DETR).
+
+    With SciPy's matcher TensorFlow runs a `tf.function` graph without XLA, which cannot
+    hold its host callback (as `DETR.compile` does).
+    """
     y_pred = model(x, training=True)
     if BACKEND == "jax":
         import jax
@@ -160,7 +164,8 @@ def loss_fn(model, x, y):
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
-        f = tf.function(lambda t, p: model.loss(t, p), jit_compile=True)
+        f = tf.function(lambda t, p: model.loss(t, p),
+                        jit_compile=model.loss.resolved_matcher == "graph")
         return lambda: f(y, y_pred)
     return lambda: model.loss(y, y_pred)
 
@@ -289,6 +294,17 @@ def run_case(case, precision, steps, warmup, repeats, profile_to=None, profile_s
                 record["loss_s"] = loss_median
                 record["loss_fraction"] = loss_median / median
                 record["matcher"] = model.loss.resolved_matcher
+                # The other matcher on the same predictions (the in-graph solver against
+                # SciPy through a host callback), as a share of the same step time.
+                chosen = model.loss.matcher
+                model.loss.matcher = "scipy" if record["matcher"] == "graph" else "graph"
+                try:
+                    _, other_median, _ = timing.time_steps(loss_fn(model, x, y), _sync, steps,
+                                                           warmup, repeats)
+                finally:
+                    other_matcher, model.loss.matcher = model.loss.matcher, chosen
+                record.update(other_matcher=other_matcher, other_loss_s=other_median,
+                              other_loss_fraction=other_median / median)
         items = cases_lib.items_per_step(case, config)
         record.update(first_call_s=first, step_s=median, step_times_s=times,
                       throughput=items / median, peak_bytes=peak_bytes())

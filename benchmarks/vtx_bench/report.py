@@ -60,8 +60,10 @@ def markdown(meta, records):
             continue
         notes = []
         if r.get("loss_fraction") is not None:
-            notes.append(f"matcher + loss {100 * r['loss_fraction']:.1f}% of the step "
-                         f"({r['matcher']})")
+            note = f"matcher + loss {100 * r['loss_fraction']:.1f}% of the step ({r['matcher']}"
+            if r.get("other_loss_fraction") is not None:
+                note += f"; {r['other_matcher']}: {100 * r['other_loss_fraction']:.1f}%"
+            notes.append(note + ")")
         if r.get("compiled") is False and r["mode"] != "sample":
             notes.append(r.get("execution", "eager"))
         if r.get("attention"):

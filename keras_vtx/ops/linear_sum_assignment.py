@@ -449,15 +449,34 @@ def _assign(cost, row_active, col_avail):
     return col4row, row4col
 
 
-def _to_scipy_layout(assignment, num_pairs):
-    """Turns a per-row assignment (B, N) into scipy's `(row_ind, col_ind)`, pairs first."""
-    num_rows = assignment.shape[1]
-    rows = ops.arange(num_rows, dtype="int32")[None, :]
-    key = ops.where(assignment >= 0, rows, rows + num_rows)
-    order = ops.cast(ops.argsort(key, axis=1)[:, :num_pairs], "int32")
-    col_ind = ops.take_along_axis(assignment, order, axis=1)
-    row_ind = ops.where(col_ind >= 0, order, -1)
-    return row_ind, col_ind
+# Up to this many candidate pairs per image, they are put in row order by ranks (a
+# (B, K, K) comparison); above it by a sort, whose memory grows as K instead of K * K.
+RANK_ORDER_LIMIT = 256
+
+
+def _pairs_by_row(rows, cols, num_rows, num_pairs):
+    """scipy's `(row_ind, col_ind)` from K candidate pairs (B, K) in any order.
+
+    `rows` holds each candidate's row (-1: no pair), `cols` its column. Returns the first
+    `num_pairs` pairs by ascending row, then -1s. Ranked by counting smaller keys rather
+    than sorted: XLA's CPU sort took 4.9 ms for 64 x 900 and 0.2 ms for the 24 x 100 of a
+    DETR step, an eighth to a fifth of the whole solve.
+    """
+    k = rows.shape[1]
+    slot = ops.arange(k, dtype="int32")[None, :]
+    # Distinct keys: a candidate without a pair sorts after every row.
+    key = ops.where(rows >= 0, rows, num_rows + slot)
+    if k <= RANK_ORDER_LIMIT:
+        rank = ops.sum(ops.cast(key[:, None, :] < key[:, :, None], "int32"), axis=2)
+        hot = ops.equal(rank[:, None, :], ops.arange(num_pairs, dtype="int32")[None, :, None])
+        row_ind = ops.sum(ops.where(hot, key[:, None, :], 0), axis=2)
+        col_ind = ops.sum(ops.where(hot, cols[:, None, :], 0), axis=2)
+    else:
+        order = ops.cast(ops.argsort(key, axis=1)[:, :num_pairs], "int32")
+        row_ind = ops.take_along_axis(key, order, axis=1)
+        col_ind = ops.take_along_axis(cols, order, axis=1)
+    paired = row_ind < num_rows
+    return ops.where(paired, row_ind, -1), ops.where(paired, col_ind, -1)
 
 
 def linear_sum_assignment(cost, mask=None):
@@ -506,11 +525,16 @@ def linear_sum_assignment(cost, mask=None):
     cost = _sanitize(cost, col_valid, num_pairs)
     all_rows = ops.ones_like(cost[:, :, 0], dtype="bool")
 
+    rows = ops.zeros_like(all_rows, dtype="int32") + ops.arange(num_rows, dtype="int32")
     if num_cols <= num_rows:
         # Solve the transpose (Crouse 2016, Sec. 5): each real column searches for a row.
-        _, assignment = _assign(ops.transpose(cost, (0, 2, 1)), col_valid, all_rows)
+        col_rows, _ = _assign(ops.transpose(cost, (0, 2, 1)), col_valid, all_rows)
+        cols = ops.zeros_like(col_valid, dtype="int32") + ops.arange(num_cols, dtype="int32")
+        row_ind, col_ind = _pairs_by_row(col_rows, cols, num_rows, num_pairs)
     elif mask is None:
-        assignment, _ = _assign(cost, all_rows, col_valid)
+        # Every row is matched, and rows are already in order.
+        col_ind, _ = _assign(cost, all_rows, col_valid)
+        row_ind = rows
     else:
         # More columns than rows but maybe fewer real columns than rows: N - valid extra
         # columns of cost exactly 0 absorb the rows left over, so a matching of every row
@@ -520,9 +544,9 @@ def linear_sum_assignment(cost, mask=None):
         extra = ops.arange(num_rows, dtype="int32")[None, :] < num_rows - num_valid
         padded = ops.concatenate([cost, ops.zeros_like(cost[:, :, :num_rows])], axis=2)
         assignment, _ = _assign(padded, all_rows, ops.concatenate([col_valid, extra], 1))
-        assignment = ops.where(assignment < num_cols, assignment, -1)
-
-    row_ind, col_ind = _to_scipy_layout(assignment, num_pairs)
+        real = ops.logical_and(assignment >= 0, assignment < num_cols)
+        row_ind, col_ind = _pairs_by_row(ops.where(real, rows, -1), assignment, num_rows,
+                                         num_pairs)
     if unbatched:
         return row_ind[0], col_ind[0]
     return row_ind, col_ind

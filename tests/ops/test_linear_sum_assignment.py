@@ -218,6 +218,39 @@ def test_compacting_the_busy_images_is_exact(monkeypatch, factor, batch):
     check_against_scipy(cost, mask, *_fresh_solve(cost, mask), same_assignment=True)
 
 
+# The pairs are put in row order by ranks (K candidates <= RANK_ORDER_LIMIT) or by a sort:
+# both give scipy's layout, for each orientation, with and without a mask.
+@pytest.mark.parametrize("limit", [0, 256])
+@pytest.mark.parametrize("shape", [(9, 5), (5, 9)])
+def test_both_orderings_of_the_pairs_match_scipy(monkeypatch, limit, shape):
+    monkeypatch.setattr(lsa_module, "RANK_ORDER_LIMIT", limit)
+    rng = np.random.default_rng(17)
+    cost = rng.normal(size=(30,) + shape).astype("float32")
+    mask = rng.random((30, shape[1])) < 0.6
+    check_against_scipy(cost, mask, *_fresh_solve(cost, mask), same_assignment=True)
+    check_against_scipy(cost, None, *_fresh_solve(cost), same_assignment=True)
+
+
+@pytest.mark.parametrize("k", [7, 300])
+def test_pairs_by_row_sorts_candidates_like_numpy(k):
+    rng = np.random.default_rng(k)
+    num_rows, num_pairs = k + 5, k
+    rows = np.stack([rng.permutation(num_rows)[:k] for _ in range(4)]).astype("int32")
+    rows[rng.random(rows.shape) < 0.3] = -1
+    cols = rng.integers(0, 50, size=rows.shape).astype("int32")
+    row_ind, col_ind = (to_numpy(x) for x in lsa_module._pairs_by_row(
+        keras.ops.convert_to_tensor(rows), keras.ops.convert_to_tensor(cols), num_rows,
+        num_pairs))
+    for b in range(4):
+        paired = np.flatnonzero(rows[b] >= 0)
+        order = paired[np.argsort(rows[b][paired])]
+        expected_rows = np.full(num_pairs, -1)
+        expected_cols = np.full(num_pairs, -1)
+        expected_rows[:len(order)], expected_cols[:len(order)] = rows[b][order], cols[b][order]
+        np.testing.assert_array_equal(row_ind[b], expected_rows)
+        np.testing.assert_array_equal(col_ind[b], expected_cols)
+
+
 def test_identical_rows_and_columns_are_exact():
     # Every row wants the same columns: the auction's offers tie everywhere (a price war
     # without an epsilon), the shortest paths must still finish the matching.

@@ -472,6 +472,7 @@ def test_optimizer_memory_counts_equal_the_built_optimizers():
 @pytest.mark.only_backend("jax")
 def test_gpu_session_script_quick_run(tmp_path):
     """benchmarks/gpu_session.sh, the one device call of the GPU checks, at smoke sizes."""
+    import re
     import subprocess
     import sys
     import tarfile
@@ -482,9 +483,7 @@ def test_gpu_session_script_quick_run(tmp_path):
                           env=env, capture_output=True, text=True, timeout=900)
     log = (out / "session.log").read_text()
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    # Each step got a share of the time left, ran to the end, and left its results.
-    import re
-
+    # Each step got a share of the time left, ran to the end, and left its results:
     # 30% then 50% of the time left (TOTAL_S less the start), and 70% of that to the suite.
     matcher_s, detr_s, budget = (int(x) for x in re.search(
         r"== matcher \((\d+)s\).*== detr \((\d+)s\).*--time-budget (\d+)", log, re.S).groups())

@@ -150,7 +150,7 @@ def _first_lowest(values, lowest, axis):
 
 
 def _pick(x, one_hot):
-    """`x[b, index[b]]` for a (B, K) tensor, with the index given as a (B, K) one-hot mask."""
+    """`x[..., index]` along the last axis, the index given as a one-hot mask (broadcast)."""
     return ops.sum(ops.where(one_hot, x, ops.zeros_like(x)), axis=-1)
 
 
@@ -469,8 +469,8 @@ def _pairs_by_row(rows, cols, num_rows, num_pairs):
     if k <= RANK_ORDER_LIMIT:
         rank = ops.sum(ops.cast(key[:, None, :] < key[:, :, None], "int32"), axis=2)
         hot = ops.equal(rank[:, None, :], ops.arange(num_pairs, dtype="int32")[None, :, None])
-        row_ind = ops.sum(ops.where(hot, key[:, None, :], 0), axis=2)
-        col_ind = ops.sum(ops.where(hot, cols[:, None, :], 0), axis=2)
+        row_ind = _pick(key[:, None, :], hot)
+        col_ind = _pick(cols[:, None, :], hot)
     else:
         order = ops.cast(ops.argsort(key, axis=1)[:, :num_pairs], "int32")
         row_ind = ops.take_along_axis(key, order, axis=1)
